@@ -1,0 +1,5 @@
+"""Registered augment: importing the package registers every module in it (see registry.py)."""
+
+from medjax import _autoimport
+
+_autoimport.import_all(__name__, __path__)

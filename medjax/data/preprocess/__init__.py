@@ -1,0 +1,1 @@
+"""Offline numpy preprocessing: resampling, intensity normalisation, cropping, fingerprints."""

@@ -1,0 +1,1 @@
+"""Helpers for tests: tiny configs and synthetic inputs."""

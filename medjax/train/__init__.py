@@ -1,0 +1,1 @@
+"""The trainer: state, step, mesh, optimiser, checkpointing, metric writing and the loop."""
