@@ -33,6 +33,7 @@ _NAMESPACE_PACKAGES = {
     "sources": "medjax.data.sources",
     "schedules": "medjax.train.optim",
     "optimizers": "medjax.train.optim",
+    "synthetic": "medjax.data.synthetic",
 }
 
 

@@ -1,0 +1,110 @@
+"""The base config: every key that any experiment may set, with its default (STYLE.md sec. 2).
+
+Experiment configs start from ``base_config()`` and change values; they never add keys the
+trainer does not know, so a misspelt ``--config.x.y`` override fails with the key's name.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Returns the full config schema with defaults."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # Another run's workdir or checkpoint folder to initialise weights from (fine-tuning);
+    # ignored when the workdir already holds a checkpoint (then the run resumes).
+    c.init_from = ""
+    c.init_params_only = True
+
+    c.data = ml_collections.ConfigDict()
+    c.data.root = ""  # empty: the built-in synthetic dataset named by data.synthetic
+    c.data.synthetic = "spine2d"
+    c.data.synthetic_kwargs = ml_collections.ConfigDict()
+    c.data.crawler = "segmentation_file"
+    c.data.crawler_kwargs = ml_collections.ConfigDict()
+    c.data.store_dir = ""  # empty: <cache>/store/<hash of root + preprocess>
+    c.data.preprocess = ml_collections.ConfigDict()
+    c.data.preprocess.grayscale = True
+    c.data.preprocess.target_size = None  # e.g. (64, 64): resize (2D)
+    c.data.preprocess.target_spacing_mm = None
+    c.data.preprocess.reorient = None
+    c.data.preprocess.crop_foreground = False
+    c.data.preprocess.normalization = ml_collections.ConfigDict({"name": "zscore"})
+    c.data.preprocess.label_mode = "binary"
+    c.data.patch_size = (64, 64)  # spatial size fed to the model, in voxels
+    c.data.fg_oversample = 1.0 / 3.0
+    c.data.num_workers = 2  # Grain worker processes (0: in-process)
+    c.data.preprocess_workers = 2
+    c.data.val_fraction = 0.2  # used when the crawler gives no split
+    c.data.train_split = "train"
+    c.data.val_split = "val"
+    c.data.test_split = "test"
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "unet"
+    c.model.kwargs = ml_collections.ConfigDict()
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "dice_ce"
+    c.loss.kwargs = ml_collections.ConfigDict()
+
+    c.augment = []  # list of "op(k=v)" specs applied on device in training only
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adam"
+    c.optim.lr = 1e-3
+    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.momentum = 0.99
+    c.optim.nesterov = True
+    c.optim.grad_clip_norm = 0.0  # 0: off
+    c.optim.freeze = ""  # regex of parameter paths to keep frozen (fine-tuning)
+
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.name = "constant"
+    c.schedule.warmup_steps = 0
+    c.schedule.end_factor = 0.0
+    c.schedule.power = 0.9
+    c.schedule.step_every_steps = 0
+    c.schedule.step_factor = 0.1
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = 10
+    c.train.steps_per_epoch = 0  # 0: len(train split) // batch_size
+    c.train.batch_size = 16  # global batch size
+    c.train.grad_accum_steps = 1
+    c.train.precision = "float32"  # or "bfloat16": bf16 compute, fp32 master weights
+    c.train.val_every = 1  # epochs
+    c.train.log_every_steps = 10
+    c.train.profile_steps = ()  # (start, stop) steps to trace with the JAX profiler
+    c.train.early_stopping = ml_collections.ConfigDict()
+    c.train.early_stopping.monitor = ""
+    c.train.early_stopping.mode = "max"
+    c.train.early_stopping.patience = 0
+    c.train.early_stopping.min_delta = 0.0
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 16
+    c.eval.step = -1  # -1: the best checkpoint (or the latest when no metric is monitored)
+    c.eval.split = "test"
+    c.eval.write_predictions = True
+    c.eval.step_fraction = 0.5  # sliding-window overlap for volumes larger than the patch
+    c.eval.mirror_axes = ()
+
+    c.ckpt = ml_collections.ConfigDict()
+    c.ckpt.monitor = "val/dice"
+    c.ckpt.mode = "max"
+    c.ckpt.save_top_k = 3
+    c.ckpt.save_last = 2  # always keep the newest N as well
+    c.ckpt.every_epochs = 1
+
+    c.log = ml_collections.ConfigDict()
+    c.log.images_every = 1  # epochs
+    c.log.num_images = 4
+    return c
