@@ -1,0 +1,408 @@
+"""Crawlers: find the cases of a dataset on disk and return a case list.
+
+A crawler is registered as ``"crawlers.<name>"``; its factory ``get_<name>(**params)`` returns
+``crawl(root: str) -> list[dict]``. Each case is a dict of plain values::
+
+    {"id": str, "image": str | list[str], "label": str | int | None, "split": str, ...}
+
+``image`` is a path (a list of per-channel paths for multi-channel cases); ``label`` is a mask
+path for segmentation (``None`` when the case has no mask) or a class index for classification.
+``split`` is present only when the folder layout names one. Ids are unique within one crawl and
+cases come sorted by (split, id), so a crawl is deterministic. Crawlers only look at names: they
+never open an image (that is the reader's job, at preprocessing time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from medjax import errors, registry
+from medjax.data import io as io_lib
+
+Case = dict[str, Any]
+Crawl = Callable[[str], list[Case]]
+
+SPLITS = ("train", "val", "test")
+# Every extension read_volume reads, except DICOM (handled by the dicom_series crawler).
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".nii",
+    ".nii.gz",
+    ".mhd",
+    ".mha",
+    ".nrrd",
+    ".nhdr",
+)
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def _check_root(root: str) -> str:
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise errors.DataError(f"{root}: dataset root does not exist or is not a folder.")
+    return root
+
+
+def _image_files(folder: str, extensions: Sequence[str]) -> list[str]:
+    """Sorted image files of ``folder`` (not recursive), skipping hidden and macOS ``._`` files."""
+    lower_ext = tuple(e.lower() for e in extensions)
+    return sorted(
+        os.path.join(folder, name)
+        for name in os.listdir(folder)
+        if not name.startswith(".")
+        and name.lower().endswith(lower_ext)
+        and os.path.isfile(os.path.join(folder, name))
+    )
+
+
+def _check_unique(cases: list[Case], root: str, hint: str) -> list[Case]:
+    seen: dict[str, Any] = {}
+    for case in cases:
+        if case["id"] in seen:
+            raise errors.DataError(
+                f"{root}: case id {case['id']!r} occurs twice ({seen[case['id']]} and "
+                f"{case['image']}); {hint}"
+            )
+        seen[case["id"]] = case["image"]
+    return sorted(cases, key=lambda c: (c.get("split", ""), c["id"]))
+
+
+# --- segmentation_file -------------------------------------------------------------------------
+
+
+@registry.register("crawlers.segmentation_file")
+def get_segmentation_file(
+    image_dir: str = "images",
+    mask_dir: str = "masks",
+    splits: Sequence[str] = SPLITS,
+    mask_suffixes: Sequence[str] = ("", "_mask", "_seg", "_label"),
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    allow_unlabeled: bool = False,
+    id_with_split: bool = False,
+) -> Crawl:
+    """Paired image / mask files, one case per image.
+
+    Layouts (tried in this order): ``root/<split>/<image_dir>/<id>.<ext>`` with masks in
+    ``root/<split>/<mask_dir>/``, for each split folder in ``splits`` that exists; else the flat
+    ``root/<image_dir>`` + ``root/<mask_dir>``. A mask matches an image when its stem is the
+    image stem plus one of ``mask_suffixes`` (``""`` first: identical stems); its format may
+    differ from the image's.
+
+    Args:
+      image_dir: folder name of the images.
+      mask_dir: folder name of the masks.
+      splits: split folder names to look for under ``root``.
+      mask_suffixes: accepted mask stem suffixes, tried in order.
+      extensions: image/mask file extensions to consider.
+      allow_unlabeled: an image without a mask becomes a case with ``label=None`` instead of an
+        error (e.g. an unlabelled test split).
+      id_with_split: prefix ids with ``"<split>_"`` (when the same stem occurs in two splits).
+
+    Returns:
+      ``crawl(root) -> list[case]`` with ``id`` (the image stem), ``image``, ``label`` (mask path
+      or None) and ``split`` (split layout only).
+    """
+
+    def pair(image_folder: str, mask_folder: str, split: str | None) -> list[Case]:
+        masks: dict[str, str] = {}
+        if os.path.isdir(mask_folder):
+            for path in _image_files(mask_folder, extensions):
+                stem = io_lib.strip_extension(path)
+                if stem in masks:
+                    raise errors.DataError(f"{path}: two masks share the stem {stem!r}.")
+                masks[stem] = path
+        cases = []
+        for image in _image_files(image_folder, extensions):
+            stem = io_lib.strip_extension(image)
+            label = next((masks[stem + s] for s in mask_suffixes if stem + s in masks), None)
+            if label is None and not allow_unlabeled:
+                raise errors.DataError(
+                    f"{image}: no mask for this image in {mask_folder} (looked for stems "
+                    f"{[stem + s for s in mask_suffixes]})."
+                )
+            case: Case = {"id": stem, "image": image, "label": label}
+            if split is not None:
+                case["split"] = split
+                if id_with_split:
+                    case["id"] = f"{split}_{stem}"
+            cases.append(case)
+        return cases
+
+    def crawl(root: str) -> list[Case]:
+        root = _check_root(root)
+        split_roots = [s for s in splits if os.path.isdir(os.path.join(root, s, image_dir))]
+        if split_roots:
+            cases = []
+            for split in split_roots:
+                base = os.path.join(root, split)
+                cases += pair(os.path.join(base, image_dir), os.path.join(base, mask_dir), split)
+        elif os.path.isdir(os.path.join(root, image_dir)):
+            cases = pair(os.path.join(root, image_dir), os.path.join(root, mask_dir), None)
+        else:
+            raise errors.DataError(
+                f"{root}: found neither {root}/<split>/{image_dir} (splits {list(splits)}) nor "
+                f"{root}/{image_dir}."
+            )
+        if not cases:
+            raise errors.DataError(f"{root}: no image files with extensions {list(extensions)}.")
+        return _check_unique(cases, root, "set id_with_split=True or rename the files.")
+
+    return crawl
+
+
+# --- classification_folder ---------------------------------------------------------------------
+
+
+@registry.register("crawlers.classification_folder")
+def get_classification_folder(
+    splits: Sequence[str] = SPLITS,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    class_names: Sequence[str] | None = None,
+) -> Crawl:
+    """One class per sub-folder: ``root/<class>/<file>`` or ``root/<split>/<class>/<file>``.
+
+    The split layout is used when every sub-folder of ``root`` is a split name. Labels are class
+    indices in the sorted order of the class folder names (over all splits), unless
+    ``class_names`` fixes the order.
+
+    Args:
+      splits: split folder names.
+      extensions: image file extensions.
+      class_names: explicit class order; a class folder outside it is an error.
+
+    Returns:
+      ``crawl(root) -> list[case]`` with ``id`` (``"<class>_<stem>"``), ``image``, ``label``
+      (int), ``class_name``, ``class_names`` (the full list) and ``split`` (split layout only).
+    """
+
+    def crawl(root: str) -> list[Case]:
+        root = _check_root(root)
+        subdirs = sorted(
+            d
+            for d in os.listdir(root)
+            if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")
+        )
+        if subdirs and all(d in splits for d in subdirs):
+            parts = [(s, os.path.join(root, s)) for s in subdirs]
+        else:
+            parts = [(None, root)]
+        found: list[tuple[str | None, str, str]] = []  # (split, class, file)
+        for split, base in parts:
+            for cls in sorted(os.listdir(base)):
+                folder = os.path.join(base, cls)
+                if cls.startswith(".") or not os.path.isdir(folder):
+                    continue
+                found += [(split, cls, f) for f in _image_files(folder, extensions)]
+        names = list(class_names) if class_names else sorted({c for _, c, _ in found})
+        cases = []
+        for split, cls, path in found:
+            if cls not in names:
+                raise errors.DataError(f"{path}: class folder {cls!r} is not in {names}.")
+            case: Case = {
+                "id": f"{cls}_{io_lib.strip_extension(path)}",
+                "image": path,
+                "label": names.index(cls),
+                "class_name": cls,
+                "class_names": names,
+            }
+            if split is not None:
+                case["split"] = split
+            cases.append(case)
+        if not cases:
+            raise errors.DataError(f"{root}: no <class>/<image> files found.")
+        return _check_unique(cases, root, "file stems must be unique within a class.")
+
+    return crawl
+
+
+# --- nifti_volume (Medical Segmentation Decathlon / nnU-Net raw) --------------------------------
+
+
+def _dataset_json(root: str) -> dict[str, Any]:
+    path = os.path.join(root, "dataset.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise errors.DataError(f"{path}: cannot parse dataset.json ({e}).") from e
+
+
+def _group_channels(files: list[str]) -> dict[str, list[str]]:
+    """nnU-Net names channels ``<case>_0000``; returns case -> channel files sorted by index."""
+    groups: dict[str, dict[int, str]] = {}
+    for path in files:
+        stem = io_lib.strip_extension(path)
+        match = _CHANNEL_SUFFIX.match(stem)
+        case, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
+        if channel in groups.setdefault(case, {}):
+            raise errors.DataError(f"{path}: duplicate channel {channel} for case {case!r}.")
+        groups[case][channel] = path
+    out = {}
+    for case, channels in groups.items():
+        if sorted(channels) != list(range(len(channels))):
+            raise errors.DataError(
+                f"case {case!r}: channel files {sorted(channels)} are not 0..{len(channels) - 1} "
+                f"({sorted(channels.values())})."
+            )
+        out[case] = [channels[i] for i in range(len(channels))]
+    return out
+
+
+@registry.register("crawlers.nifti_volume")
+def get_nifti_volume(
+    images_dir: str = "imagesTr",
+    labels_dir: str = "labelsTr",
+    test_dir: str | None = "imagesTs",
+    extensions: Sequence[str] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"),
+) -> Crawl:
+    """Decathlon / nnU-Net raw datasets: ``imagesTr``, ``labelsTr``, ``imagesTs``, dataset.json.
+
+    Channels split over files as ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz`` (nnU-Net) are
+    grouped into one case whose ``image`` is the list of channel paths; a single file (also a 4D
+    Decathlon file) gives a path. When dataset.json has a Decathlon ``"training"`` list, that list
+    is authoritative (its ``./imagesTr/x.nii.gz`` paths are relative to ``root``).
+
+    Args:
+      images_dir: training image folder.
+      labels_dir: training label folder; the label of case ``c`` is ``<labels_dir>/c<ext>``.
+      test_dir: unlabelled test folder (split ``"test"``), or None to skip it.
+      extensions: image extensions.
+
+    Returns:
+      ``crawl(root) -> list[case]`` with ``id``, ``image`` (path or list of channel paths),
+      ``label`` (path or None), ``split`` (``"train"`` / ``"test"``), and, from dataset.json when
+      present, ``label_names`` ``{int: name}`` and ``channel_names`` ``{int: name}``.
+    """
+
+    def meta_of(info: dict[str, Any]) -> dict[str, Any]:
+        meta: dict[str, Any] = {}
+        labels = info.get("labels")
+        if isinstance(labels, dict) and labels:
+            # Decathlon: {"0": "background"}; nnU-Net v2: {"background": 0}.
+            if all(str(k).lstrip("-").isdigit() for k in labels):
+                meta["label_names"] = {int(k): v for k, v in labels.items()}
+            else:
+                meta["label_names"] = {int(v): k for k, v in labels.items() if isinstance(v, int)}
+        channels = info.get("channel_names") or info.get("modality")
+        if isinstance(channels, dict):
+            meta["channel_names"] = {int(k): v for k, v in channels.items()}
+        return meta
+
+    def crawl(root: str) -> list[Case]:
+        root = _check_root(root)
+        info = _dataset_json(root)
+        meta = meta_of(info)
+        cases: list[Case] = []
+        if isinstance(info.get("training"), list) and info["training"]:
+            for entry in info["training"]:
+                image = os.path.normpath(os.path.join(root, entry["image"]))
+                label = os.path.normpath(os.path.join(root, entry["label"]))
+                for path in (image, label):
+                    if not os.path.isfile(path):
+                        raise errors.DataError(f"{path}: listed in dataset.json but missing.")
+                cid = io_lib.strip_extension(image)
+                cases.append({"id": cid, "image": image, "label": label, "split": "train"})
+        else:
+            folder = os.path.join(root, images_dir)
+            if not os.path.isdir(folder):
+                raise errors.DataError(f"{root}: no {images_dir} folder and no dataset.json list.")
+            labels = (
+                {
+                    io_lib.strip_extension(p): p
+                    for p in _image_files(os.path.join(root, labels_dir), extensions)
+                }
+                if os.path.isdir(os.path.join(root, labels_dir))
+                else {}
+            )
+            for cid, channels in sorted(_group_channels(_image_files(folder, extensions)).items()):
+                if cid not in labels:
+                    raise errors.DataError(
+                        f"{channels[0]}: no label {cid}<ext> in {os.path.join(root, labels_dir)}."
+                    )
+                image = channels if len(channels) > 1 else channels[0]
+                cases.append({"id": cid, "image": image, "label": labels[cid], "split": "train"})
+        test_folder = os.path.join(root, test_dir) if test_dir else None
+        if test_folder and os.path.isdir(test_folder):
+            for cid, channels in sorted(
+                _group_channels(_image_files(test_folder, extensions)).items()
+            ):
+                image = channels if len(channels) > 1 else channels[0]
+                cases.append({"id": cid, "image": image, "label": None, "split": "test"})
+        if not cases:
+            raise errors.DataError(f"{root}: no cases found.")
+        for case in cases:
+            case.update(meta)
+        return _check_unique(cases, root, "case ids must be unique across imagesTr and imagesTs.")
+
+    return crawl
+
+
+# --- dicom_series ------------------------------------------------------------------------------
+
+
+@registry.register("crawlers.dicom_series")
+def get_dicom_series(
+    mask_root: str | None = None,
+    mask_extensions: Sequence[str] = (".nii.gz", ".nii", ".nrrd", ".mha"),
+    allow_unlabeled: bool = True,
+) -> Crawl:
+    """One case per DICOM series (SeriesInstanceUID) found anywhere under ``root``.
+
+    Series are found by ``medjax.data.io.dicom.find_series``. A mask matches a series when its
+    stem (under ``mask_root``, not recursive) equals the series uid or the name of the folder
+    holding the series.
+
+    Args:
+      mask_root: folder of masks (NIfTI etc.), or None for no masks.
+      mask_extensions: mask file extensions.
+      allow_unlabeled: a series without a mask gets ``label=None``; when False it is an error.
+
+    Returns:
+      ``crawl(root) -> list[case]`` with ``id`` (the series uid), ``image`` (the folder holding
+      the series; a single-file series gives the file), ``files`` (all of its files, sorted),
+      ``series_uid`` and ``label``. When one folder holds several series, ``image`` is still that
+      folder and ``files`` tells them apart.
+    """
+
+    def crawl(root: str) -> list[Case]:
+        root = _check_root(root)
+        # Imported here: the DICOM module is optional for users of the other crawlers.
+        from medjax.data.io import dicom
+
+        series = dicom.find_series(root)
+        masks: dict[str, str] = {}
+        if mask_root is not None:
+            if not os.path.isdir(mask_root):
+                raise errors.DataError(f"{mask_root}: mask folder does not exist.")
+            masks = {io_lib.strip_extension(p): p for p in _image_files(mask_root, mask_extensions)}
+        cases = []
+        for uid, files in sorted(series.items()):
+            files = sorted(os.fspath(f) for f in files)
+            folders = {os.path.dirname(f) for f in files}
+            folder = folders.pop() if len(folders) == 1 else os.path.commonpath(files)
+            image = files[0] if len(files) == 1 else folder
+            label = masks.get(uid) or masks.get(os.path.basename(folder))
+            if label is None and mask_root is not None and not allow_unlabeled:
+                raise errors.DataError(
+                    f"{folder}: series {uid} has no mask named {uid} or "
+                    f"{os.path.basename(folder)} in {mask_root}."
+                )
+            cases.append(
+                {"id": uid, "image": image, "files": files, "series_uid": uid, "label": label}
+            )
+        if not cases:
+            raise errors.DataError(f"{root}: no DICOM series found.")
+        return _check_unique(cases, root, "series uids must be unique.")
+
+    return crawl
