@@ -1,0 +1,518 @@
+"""DICOM reading: find the series under a folder and stack one into a ``Volume`` in LPS.
+
+What belongs here: discovering series (headers only), turning classic one-slice-per-file series
+and enhanced multi-frame files into a ``[D, H, W]`` float32 array with geometry, and refusing
+input that would stack into a geometrically wrong volume. pydicom and numpy only.
+
+Geometry (see ``volume.py``): with row cosine ``r = IOP[0:3]``, column cosine ``c = IOP[3:6]``
+and slice normal ``n = r x c``, slices are sorted by ``dot(IPP, n)`` ascending, so array axis 0
+runs along ``+n``. ``direction = [n | c | r]`` (columns in array axis order ``D, H, W``),
+``spacing = (slice_step, PixelSpacing[0], PixelSpacing[1])`` and ``origin`` is the IPP of the
+first sorted slice. The slice step comes from the positions, never from SliceThickness, except for
+a single slice where there are no positions to difference.
+
+Writing DICOM (e.g. DICOM SEG) is not done here; write predictions with the NIfTI writer, which
+takes this LPS geometry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pydicom
+import pydicom.errors
+import pydicom.pixels
+from absl import logging
+
+from medjax import errors
+from medjax.data.io import volume as volume_lib
+
+# Orientation cosines of one series may differ by rounding only; 1e-3 is ~0.06 degrees, i.e.
+# ~0.3 mm at the edge of a 300 mm field of view.
+_ORIENTATION_ATOL = 1e-3
+# Slices closer than this along the normal are the same slice written twice.
+_DUPLICATE_MM = 0.01
+# Floor of every position tolerance: IPP strings are often rounded to 0.01 mm.
+_POSITION_ATOL_MM = 0.02
+# A step this many times the median step means slices are missing.
+_GAP_FACTOR = 1.5
+_INSTALL_HINT = (
+    'install a decoder plugin: `pip install "pydicom[pixeldata]"` (all of them), or e.g. '
+    "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` / `pip install pyjpegls`"
+)
+
+
+@dataclasses.dataclass
+class SeriesScan:
+    """What ``scan_series`` found under a folder.
+
+    Attributes:
+      series: SeriesInstanceUID -> sorted paths of the image files in that series.
+      skipped: path -> why it is not part of any series (not DICOM, no image, corrupt).
+      corrupt: the subset of ``skipped`` that looked like DICOM but could not be parsed.
+    """
+
+    series: dict[str, list[str]]
+    skipped: dict[str, str]
+    corrupt: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """One 2D image: a classic single-frame file, or one frame of a multi-frame file."""
+
+    path: str
+    index: int | None  # frame index inside a multi-frame file; None for a single-frame file
+    position: np.ndarray  # float64[3] IPP, LPS mm
+    orientation: np.ndarray  # float64[6] IOP
+    pixel_spacing: tuple[float, float]  # (row step, column step) mm
+    shape: tuple[int, int]  # (Rows, Columns)
+    slope: float
+    intercept: float
+    has_rescale: bool
+
+    @property
+    def name(self) -> str:
+        return self.path if self.index is None else f"{self.path} [frame {self.index}]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Discovery (headers only)
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_header(path: str) -> tuple[pydicom.Dataset | None, bool, str]:
+    """Reads a header; returns ``(dataset or None, forced, reason it is skipped)``."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True), False, ""
+    except pydicom.errors.InvalidDicomError:
+        pass  # No 128-byte preamble + "DICM": maybe an old raw dataset, retried below.
+    except Exception as e:  # noqa: BLE001 - pydicom raises many undocumented types on bad bytes.
+        return None, False, f"corrupt DICOM ({type(e).__name__}: {e})"
+    # force=True parses anything; accept the result only if it carries the tags of an image.
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if "SeriesInstanceUID" in ds and "Rows" in ds:
+            return ds, True, ""
+    except Exception:  # noqa: BLE001, S110 - garbage bytes; reported as "not DICOM" below.
+        pass
+    return None, False, "not DICOM"
+
+
+def _scan(root: str) -> tuple[dict[str, list[tuple[str, pydicom.Dataset, bool]]], SeriesScan]:
+    if not os.path.isdir(root):
+        raise errors.DataError(f"DICOM folder {root!r} does not exist or is not a folder.")
+    headers: dict[str, list[tuple[str, pydicom.Dataset, bool]]] = {}
+    skipped: dict[str, str] = {}
+    corrupt: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()  # os.walk order is filesystem order; sort for determinism.
+        for filename in sorted(filenames):
+            path = os.path.join(dirpath, filename)
+            ds, forced, reason = _read_header(path)
+            if ds is not None and ("SeriesInstanceUID" not in ds or "Rows" not in ds):
+                ds, reason = (
+                    None,
+                    "DICOM without an image (no SeriesInstanceUID/Rows, e.g. DICOMDIR)",
+                )
+            if ds is None:
+                skipped[path] = reason
+                if reason.startswith("corrupt"):
+                    corrupt.append(path)
+                continue
+            headers.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds, forced))
+    scan = SeriesScan({uid: [p for p, _, _ in v] for uid, v in headers.items()}, skipped, corrupt)
+    if skipped:
+        logging.warning(
+            "DICOM scan of %s skipped %d file(s): %s",
+            root,
+            len(skipped),
+            "; ".join(f"{p}: {r}" for p, r in list(skipped.items())[:10]),
+        )
+    return headers, scan
+
+
+def scan_series(root: str) -> SeriesScan:
+    """Walks a folder tree and groups DICOM image files by SeriesInstanceUID.
+
+    Only headers are read (``stop_before_pixels=True``); ``force=True`` is tried only for files
+    without the DICOM preamble, and kept only if the result has SeriesInstanceUID and Rows.
+
+    Args:
+      root: folder to walk (recursively).
+
+    Returns:
+      A ``SeriesScan`` with the series and a report of every skipped file and why.
+
+    Raises:
+      DataError: ``root`` is not a folder.
+    """
+    return _scan(root)[1]
+
+
+def find_series(root: str) -> dict[str, list[str]]:
+    """SeriesInstanceUID -> sorted file paths of every image series under ``root``.
+
+    Files that are not DICOM images are skipped and logged (absl WARNING) with their reason;
+    use ``scan_series`` to get that report as data.
+
+    Raises:
+      DataError: ``root`` is not a folder.
+    """
+    return scan_series(root).series
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-frame geometry from headers
+# ---------------------------------------------------------------------------------------------
+
+
+def _group_value(ds: pydicom.Dataset, frame: int | None, sequence: str, keyword: str) -> Any:
+    """A functional-group attribute: per-frame group, then shared group, then top level."""
+    groups = []
+    if frame is not None and "PerFrameFunctionalGroupsSequence" in ds:
+        groups.append(ds.PerFrameFunctionalGroupsSequence[frame])
+    if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
+        groups.append(ds.SharedFunctionalGroupsSequence[0])
+    for group in groups:
+        items = group.get(sequence)
+        if items and keyword in items[0]:
+            return items[0].get(keyword)
+    return ds.get(keyword)
+
+
+def _frames_of(path: str, ds: pydicom.Dataset) -> list[_Frame]:
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise errors.DataError(
+            f"{path}: {ds.get('PhotometricInterpretation')} with {ds.SamplesPerPixel} samples "
+            "per pixel; the volume reader takes grayscale images only."
+        )
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    multi = n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds
+    frames = []
+    for index in range(n_frames) if multi else [None]:
+
+        def value(sequence: str, keyword: str, index: int | None = index) -> Any:
+            return _group_value(ds, index, sequence, keyword)
+
+        ipp = value("PlanePositionSequence", "ImagePositionPatient")
+        iop = value("PlaneOrientationSequence", "ImageOrientationPatient")
+        spacing = value("PixelMeasuresSequence", "PixelSpacing")
+        where = path if index is None else f"{path} [frame {index}]"
+        for keyword, found, length in [
+            ("ImagePositionPatient", ipp, 3),
+            ("ImageOrientationPatient", iop, 6),
+            ("PixelSpacing", spacing, 2),
+        ]:
+            if found is None or len(found) != length:
+                raise errors.DataError(
+                    f"{where}: {keyword} is missing or malformed ({found!r}); without it the "
+                    "slice cannot be placed in the patient."
+                )
+        slope = value("PixelValueTransformationSequence", "RescaleSlope")
+        intercept = value("PixelValueTransformationSequence", "RescaleIntercept")
+        frames.append(
+            _Frame(
+                path=path,
+                index=index,
+                position=np.array([float(v) for v in ipp]),
+                orientation=np.array([float(v) for v in iop]),
+                pixel_spacing=(float(spacing[0]), float(spacing[1])),
+                shape=(int(ds.Rows), int(ds.Columns)),
+                slope=1.0 if slope is None else float(slope),
+                intercept=0.0 if intercept is None else float(intercept),
+                has_rescale=slope is not None or intercept is not None,
+            )
+        )
+    return frames
+
+
+def _axes(orientation: np.ndarray, label: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit (row cosine, column cosine, normal) from an IOP; refuses degenerate ones."""
+    row, col = orientation[:3], orientation[3:]
+    norms = np.linalg.norm(row), np.linalg.norm(col)
+    if min(norms) < 0.5 or abs(float(row @ col)) > 10 * _ORIENTATION_ATOL * norms[0] * norms[1]:
+        raise errors.DataError(
+            f"{label}: ImageOrientationPatient {orientation.tolist()} is not two orthogonal "
+            "unit vectors."
+        )
+    row, col = row / norms[0], col / norms[1]
+    normal = np.cross(row, col)
+    return row, col, normal / np.linalg.norm(normal)
+
+
+def _check_uniform(frames: list[_Frame], label: str) -> None:
+    """Refuses a series mixing orientations, image sizes or pixel spacings."""
+    first = frames[0]
+    for attr, what in [("shape", "Rows/Columns"), ("pixel_spacing", "PixelSpacing")]:
+        values: dict[tuple, list[str]] = {}
+        for f in frames:
+            values.setdefault(tuple(np.round(getattr(f, attr), 4)), []).append(f.name)
+        if len(values) > 1:
+            listing = "; ".join(f"{v}: {len(n)} image(s), e.g. {n[0]}" for v, n in values.items())
+            raise errors.DataError(f"{label}: mixed {what} in one series ({listing}).")
+    odd = [f for f in frames if np.abs(f.orientation - first.orientation).max() > _ORIENTATION_ATOL]
+    if odd:
+        distinct = {tuple(np.round(f.orientation, 3)) for f in frames}
+        raise errors.DataError(
+            f"{label}: {len(distinct)} different ImageOrientationPatient values in one series "
+            f"(e.g. {first.name}: {np.round(first.orientation, 4).tolist()} vs {odd[0].name}: "
+            f"{np.round(odd[0].orientation, 4).tolist()}); non-parallel slices (localizers, "
+            "radial planes) cannot be stacked into one volume. Select the images of one "
+            "orientation and read them as their own series."
+        )
+
+
+def _sort_and_measure(
+    frames: list[_Frame], normal: np.ndarray, label: str, spacing_rtol: float
+) -> tuple[list[_Frame], float]:
+    """Sorts frames along ``normal`` and returns them with the slice step (mm).
+
+    Raises DataError for duplicate positions, missing slices, uneven steps and positions that do
+    not lie on one line along the normal (e.g. gantry tilt).
+    """
+    proj = np.array([f.position @ normal for f in frames])
+    order = np.argsort(proj, kind="stable")
+    frames = [frames[i] for i in order]
+    proj = proj[order]
+    steps = np.diff(proj)
+    for k in np.flatnonzero(steps < _DUPLICATE_MM):
+        raise errors.DataError(
+            f"{label}: duplicate slice position {proj[k]:.4f} mm along the normal in "
+            f"{frames[k].name} and {frames[k + 1].name} (a repeated file, or several "
+            "acquisitions/time points in one series; pick one)."
+        )
+    median = float(np.median(steps))
+    for k in np.flatnonzero(steps > _GAP_FACTOR * median):
+        raise errors.DataError(
+            f"{label}: missing slice(s) between positions {proj[k]:.4f} and {proj[k + 1]:.4f} mm "
+            f"along the normal (IPP {frames[k].position.tolist()} in {frames[k].name} and "
+            f"{frames[k + 1].position.tolist()} in {frames[k + 1].name}): step "
+            f"{steps[k]:.4f} mm vs median {median:.4f} mm, about "
+            f"{round(steps[k] / median) - 1} slice(s) missing."
+        )
+    # A least-squares-free estimate: the first-to-last distance spreads rounding over all steps.
+    step = float((proj[-1] - proj[0]) / (len(proj) - 1))
+    residual = np.abs(proj - (proj[0] + step * np.arange(len(proj))))
+    tol = max(spacing_rtol * step, _POSITION_ATOL_MM)
+    if residual.max() > tol:
+        k = int(residual.argmax())
+        raise errors.DataError(
+            f"{label}: uneven slice spacing: {frames[k].name} lies {residual[k]:.4f} mm off the "
+            f"regular grid of step {step:.4f} mm (tolerance {tol:.4f} mm; steps range "
+            f"{steps.min():.4f}..{steps.max():.4f} mm). Raise spacing_rtol to accept it."
+        )
+    # Positions must move along the normal only; an in-plane drift (gantry tilt) makes the stack
+    # a sheared grid that a direction matrix cannot describe.
+    offsets = np.stack([f.position for f in frames]) - frames[0].position
+    in_plane = np.linalg.norm(offsets - np.outer(offsets @ normal, normal), axis=1)
+    tol = max(spacing_rtol * min(frames[0].pixel_spacing), _POSITION_ATOL_MM)
+    if in_plane.max() > tol:
+        k = int(in_plane.argmax())
+        raise errors.DataError(
+            f"{label}: slice positions do not lie along the slice normal: {frames[k].name} is "
+            f"shifted {in_plane[k]:.4f} mm in-plane from {frames[0].name} (gantry tilt or a "
+            f"sheared acquisition; tolerance {tol:.4f} mm). Resample it before use."
+        )
+    return frames, step
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixels
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_pixels(path: str, forced: bool) -> tuple[np.ndarray, str]:
+    """Stored pixel values of one file: ``[Rows, Columns]`` or ``[F, Rows, Columns]``."""
+    try:
+        ds = pydicom.dcmread(path, force=forced)
+    except Exception as e:  # noqa: BLE001 - pydicom raises many undocumented types on bad bytes.
+        raise errors.DataError(f"{path}: corrupt DICOM file ({type(e).__name__}: {e}).") from e
+    if "PixelData" not in ds:
+        raise errors.DataError(f"{path}: no PixelData (truncated before the pixels?).")
+    syntax = ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian)
+    if syntax.is_compressed:
+        try:
+            decoder = pydicom.pixels.get_decoder(syntax)
+        except NotImplementedError as e:
+            raise errors.DataError(f"{path}: pydicom cannot decode {syntax.name}.") from e
+        if not decoder.is_available:
+            raise errors.DataError(
+                f"{path}: pixel data is {syntax.name} and no decoder for it is installed "
+                f"(options: {'; '.join(decoder.missing_dependencies)}). To read it, "
+                f"{_INSTALL_HINT}."
+            )
+    try:
+        array = ds.pixel_array
+    except Exception as e:  # noqa: BLE001 - decoders raise ValueError/RuntimeError/struct.error.
+        raise errors.DataError(
+            f"{path}: pixel data cannot be decoded ({type(e).__name__}: {e}); the file is "
+            "truncated or corrupt."
+        ) from e
+    return array, syntax.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Public reader
+# ---------------------------------------------------------------------------------------------
+
+
+def read_dicom_series(
+    path: str, *, series_uid: str | None = None, spacing_rtol: float = 0.05
+) -> volume_lib.Volume:
+    """Reads one DICOM series (a folder) or one file (single slice or multi-frame) as a Volume.
+
+    Slices are sorted by ImagePositionPatient projected on the slice normal (never by file name or
+    InstanceNumber); each slice gets its own RescaleSlope/Intercept (per-frame functional groups
+    for enhanced multi-frame files, with the shared groups as fallback).
+
+    Args:
+      path: a folder holding the series (searched recursively) or a single DICOM file.
+      series_uid: which series to read when the folder holds several.
+      spacing_rtol: largest allowed misplacement of a slice from the regular grid, as a fraction
+        of the slice step (in-plane drift: of the pixel spacing); never below 0.02 mm.
+
+    Returns:
+      A ``Volume`` with ``array`` float32 ``[D, H, W]`` (D along the normal, H along rows, W along
+      columns; values rescaled, e.g. CT in HU), LPS ``spacing``/``origin``/``direction`` in that
+      axis order, and ``meta`` holding ``modality``, ``series_uid``, ``study_uid``,
+      ``patient_id`` (or None), ``files`` (one per slice, in D order), ``frame_indices`` (None
+      for single-frame files), ``rescale_applied``, ``rescale_type``, ``transfer_syntaxes`` and
+      ``slice_step_source`` (``"positions"``, or for one slice the tag it came from).
+
+    Raises:
+      DataError: naming the file/series: no or several series (listed), corrupt or truncated
+        files, missing decoder for a compressed transfer syntax (with what to install), missing
+        geometry tags, mixed orientations/sizes/pixel spacings, duplicate positions, missing
+        slices (with the positions around the gap), uneven spacing, or in-plane drift.
+    """
+    if os.path.isfile(path):
+        ds, forced, reason = _read_header(path)
+        if ds is None or "Rows" not in ds:
+            raise errors.DataError(f"{path}: not a DICOM image ({reason or 'no Rows'}).")
+        if series_uid is not None and ds.get("SeriesInstanceUID") != series_uid:
+            raise errors.DataError(
+                f"{path}: belongs to series {ds.get('SeriesInstanceUID')}, not {series_uid}."
+            )
+        members = [(path, ds, forced)]
+        label = path
+    else:
+        headers, scan = _scan(path)
+        if scan.corrupt:
+            raise errors.DataError(
+                f"{path}: corrupt DICOM file(s): "
+                + "; ".join(f"{p}: {scan.skipped[p]}" for p in scan.corrupt)
+            )
+        if not headers:
+            raise errors.DataError(
+                f"{path}: no DICOM image series found ({len(scan.skipped)} file(s) skipped)."
+            )
+        listing = ", ".join(f"{uid} ({len(v)} files)" for uid, v in sorted(headers.items()))
+        if series_uid is None and len(headers) > 1:
+            raise errors.DataError(
+                f"{path}: holds {len(headers)} series; pass series_uid= one of: {listing}."
+            )
+        uid = series_uid if series_uid is not None else next(iter(headers))
+        if uid not in headers:
+            raise errors.DataError(f"{path}: no series {uid}; found: {listing}.")
+        members = headers[uid]
+        label = f"series {uid} in {path}"
+    return _stack(members, label, path, spacing_rtol)
+
+
+def read_dicom_files(files: Sequence[str], *, spacing_rtol: float = 0.05) -> volume_lib.Volume:
+    """Stacks an explicit list of DICOM files (e.g. a crawler's ``case["files"]``) as one Volume.
+
+    The files are sorted by position exactly as in ``read_dicom_series``, whatever their order
+    here; they must all be DICOM images of one series.
+
+    Args:
+      files: paths of the image files (single-frame or multi-frame).
+      spacing_rtol: as in ``read_dicom_series``.
+
+    Returns:
+      The ``Volume``, as described in ``read_dicom_series`` (``meta["path"]`` is the first file).
+
+    Raises:
+      DataError: as in ``read_dicom_series``; also when the files span several series.
+    """
+    if not files:
+        raise errors.DataError("read_dicom_files: no files given.")
+    members = []
+    for path in files:
+        ds, forced, reason = _read_header(path)
+        if ds is None or "Rows" not in ds:
+            raise errors.DataError(f"{path}: not a DICOM image ({reason or 'no Rows'}).")
+        members.append((path, ds, forced))
+    uids = {str(ds.get("SeriesInstanceUID")) for _, ds, _ in members}
+    if len(uids) > 1:
+        raise errors.DataError(f"{files[0]} ...: the files belong to {len(uids)} series: {uids}.")
+    return _stack(members, f"series {uids.pop()} ({len(files)} files)", files[0], spacing_rtol)
+
+
+def _stack(
+    members: list[tuple[str, pydicom.Dataset, bool]], label: str, path: str, spacing_rtol: float
+) -> volume_lib.Volume:
+    """Geometry checks, sorting, decoding and rescaling of one series' header datasets."""
+    forced_by_path = {p: forced for p, _, forced in members}
+    frames = [frame for p, ds, _ in members for frame in _frames_of(p, ds)]
+    _check_uniform(frames, label)
+    row, col, normal = _axes(frames[0].orientation, label)
+    first_ds = members[0][1]
+    if len(frames) > 1:
+        frames, step = _sort_and_measure(frames, normal, label, spacing_rtol)
+        step_source = "positions"
+    else:
+        # One slice has no neighbour to measure from; the tags are the only source left.
+        step, step_source = 1.0, "default_1mm"
+        for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+            found = _group_value(first_ds, frames[0].index, "PixelMeasuresSequence", keyword)
+            if found is not None and float(found) > 0:
+                step, step_source = float(found), keyword
+                break
+
+    # Decode each file once, then place its frames in sorted order.
+    stored: dict[str, np.ndarray] = {}
+    syntaxes: set[str] = set()
+    slices = []
+    for f in frames:
+        if f.path not in stored:
+            stored[f.path], syntax = _read_pixels(f.path, forced_by_path[f.path])
+            syntaxes.add(syntax)
+        pixels = (
+            stored[f.path] if f.index is None else stored[f.path].reshape(-1, *f.shape)[f.index]
+        )
+        if pixels.shape != f.shape:
+            raise errors.DataError(f"{f.name}: pixels {pixels.shape} but header says {f.shape}.")
+        # float64 for the affine map so large intercepts do not lose integer precision.
+        slices.append(pixels.astype(np.float64) * f.slope + f.intercept)
+    array = np.stack(slices).astype(np.float32)
+
+    rescale_type = _group_value(
+        first_ds, frames[0].index, "PixelValueTransformationSequence", "RescaleType"
+    )
+    meta = {
+        "source": "dicom",
+        "path": path,
+        "modality": str(first_ds.get("Modality", "")) or None,
+        "series_uid": str(first_ds.get("SeriesInstanceUID", "")) or None,
+        "study_uid": str(first_ds.get("StudyInstanceUID", "")) or None,
+        "patient_id": str(first_ds.get("PatientID", "")) or None,
+        "files": [f.path for f in frames],
+        "frame_indices": [f.index for f in frames],
+        "rescale_applied": any(f.has_rescale for f in frames),
+        "rescale_type": None if rescale_type is None else str(rescale_type),
+        "transfer_syntaxes": sorted(syntaxes),
+        "slice_step_source": step_source,
+    }
+    return volume_lib.Volume(
+        array=array,
+        spacing=(step, *frames[0].pixel_spacing),
+        origin=tuple(frames[0].position),
+        direction=np.stack([normal, col, row], axis=1),
+        meta=meta,
+    )
