@@ -431,3 +431,105 @@ def test_read_dicom_files_sorts_an_explicit_file_list():
     assert vol.origin == reference.origin and vol.spacing == reference.spacing
     with pytest.raises(errors.DataError, match=r"belong to 2 series"):
         dicom.read_dicom_files([files[0], CT_SMALL])
+
+
+def _write_enhanced(path: str, frames: list[dict], shape=(5, 6)) -> None:
+    """Writes a real Enhanced CT multi-frame file; per-frame IPP, per-frame rescale optional."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import EnhancedCTImageStorage
+
+    row, col, _ = _oblique_axes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = EnhancedCTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", generate_uid(), generate_uid()
+    ds.NumberOfFrames = len(frames)
+    ds.Rows, ds.Columns = shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    shared = Dataset()
+    orientation, measures, rescale = Dataset(), Dataset(), Dataset()
+    orientation.ImageOrientationPatient = [f"{v:.7f}" for v in np.concatenate([row, col])]
+    measures.PixelSpacing, measures.SliceThickness = ["0.8", "0.6"], "7.0"
+    rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = "1", "-1024", "HU"
+    shared.PlaneOrientationSequence = [orientation]
+    shared.PixelMeasuresSequence = [measures]
+    shared.PixelValueTransformationSequence = [rescale]  # fallback for frames without their own
+    ds.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    for f in frames:
+        group, position = Dataset(), Dataset()
+        position.ImagePositionPatient = [f"{v:.5f}" for v in f["ipp"]]
+        group.PlanePositionSequence = [position]
+        if f.get("rescale"):
+            own = Dataset()
+            own.RescaleSlope, own.RescaleIntercept = (f"{v:g}" for v in f["rescale"])
+            own.RescaleType = "HU"
+            group.PixelValueTransformationSequence = [own]
+        per_frame.append(group)
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    ds.PixelData = np.stack([f["pixels"] for f in frames]).astype("<i2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_synthetic_enhanced_per_frame_rescale_with_shared_fallback(tmp_path):
+    rng = np.random.default_rng(3)
+    _, _, normal = _oblique_axes()
+    origin = np.array([10.0, -20.0, 30.0])
+    # Frames stored out of position order; frame 1 has its own rescale, the others the shared.
+    offsets, rescales = [3.0, 0.0, 6.0], [None, (2.0, -500.0), None]
+    frames = [
+        {"ipp": origin + o * normal, "pixels": rng.integers(0, 900, (5, 6)), "rescale": r}
+        for o, r in zip(offsets, rescales, strict=True)
+    ]
+    path = str(tmp_path / "enhanced.dcm")
+    _write_enhanced(path, frames)
+    vol = dicom.read_dicom_series(path)
+    assert vol.meta["frame_indices"] == [1, 0, 2]
+    np.testing.assert_allclose(vol.spacing, [3.0, 0.8, 0.6], atol=1e-4)  # (step, row, col)
+    np.testing.assert_allclose(vol.origin, origin, atol=1e-4)
+    np.testing.assert_allclose(vol.direction[:, 0], normal, atol=1e-6)
+    np.testing.assert_allclose(vol.array[0], frames[1]["pixels"] * 2.0 - 500.0)
+    np.testing.assert_allclose(vol.array[1], frames[0]["pixels"] - 1024.0)
+    np.testing.assert_allclose(vol.array[2], frames[2]["pixels"] - 1024.0)
+    assert vol.meta["rescale_type"] == "HU"
+    np.testing.assert_allclose(vol.index_to_world([2, 0, 0]), origin + 6.0 * normal, atol=1e-4)
+    # PixelSpacing is (between rows, between columns): H steps 0.8 along col, W 0.6 along row.
+    row, col, _ = _oblique_axes()
+    expected = origin + 4 * 0.8 * col + 5 * 0.6 * row
+    np.testing.assert_allclose(vol.index_to_world([0, 4, 5]), expected, atol=1e-4)
+
+
+# FACTS.json ct_series_reduced_CT5N affine_ijk_to_ras (i = column, j = row, k = sorted slice).
+CT5N_AFFINE_IJK_RAS = np.array(
+    [
+        [-0.488281, 0.0, 0.0, 72.199997],
+        [0.0, -0.488281, 0.0, 143.0],
+        [0.0, 0.0, 2.5, -1.2375],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+
+
+def test_lps_geometry_gives_the_nifti_affine():
+    vol = dicom.read_dicom_series(CT5N)
+    # Volume.affine acts on (k, j, i); NIfTI wants (i, j, k) -> RAS: reverse axes, flip x and y.
+    reverse = np.eye(4)[[2, 1, 0, 3]]
+    ras_ijk = np.diag([-1.0, -1.0, 1.0, 1.0]) @ vol.affine @ reverse
+    np.testing.assert_allclose(ras_ijk, CT5N_AFFINE_IJK_RAS, atol=1e-6)
+
+
+def test_dicom_volume_writes_to_nifti_with_its_geometry(tmp_path):
+    pytest.importorskip("medjax.data.io.nifti")
+    nib = pytest.importorskip("nibabel")
+    from medjax.data import io as io_lib
+
+    vol = dicom.read_dicom_series(CT5N)
+    io_lib.write_volume(vol, str(tmp_path / "ct5n.nii.gz"))
+    img = nib.load(str(tmp_path / "ct5n.nii.gz"))
+    np.testing.assert_allclose(img.affine, CT5N_AFFINE_IJK_RAS, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(img.dataobj).transpose(2, 1, 0), vol.array)
