@@ -54,13 +54,16 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(result)
 
 
-def steps(prefix: str, section: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int) -> int:
+def steps(
+    prefix: str, section: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int
+) -> int:
     """Resolves ``<prefix>_steps | _epochs | _percent`` in ``section`` to a number of steps.
 
     Exactly one of the three may be set (non-None); none set gives 0.
     """
     set_keys = [
-        k for k in (f"{prefix}_steps", f"{prefix}_epochs", f"{prefix}_percent")
+        k
+        for k in (f"{prefix}_steps", f"{prefix}_epochs", f"{prefix}_percent")
         if k in section and section[k] is not None
     ]
     if len(set_keys) > 1:

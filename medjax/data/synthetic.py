@@ -136,7 +136,10 @@ def spine_slice(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, 
     bias = np.exp(0.25 * _smooth_field(rng, (size, size), 20 * s))
     img = img * bias
     sigma = rng.uniform(0.03, 0.06)
-    noisy = np.sqrt((img + sigma * rng.standard_normal(img.shape)) ** 2 + (sigma * rng.standard_normal(img.shape)) ** 2)
+    noisy = np.sqrt(
+        (img + sigma * rng.standard_normal(img.shape)) ** 2
+        + (sigma * rng.standard_normal(img.shape)) ** 2
+    )
     return np.clip(noisy, 0, 1).astype(np.float32), mask.astype(np.uint8)
 
 

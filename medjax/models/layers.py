@@ -40,7 +40,7 @@ class ConvNormAct(nn.Module):
     features: int
     norm: str = "batch"
     strides: int = 1
-    dtype: Any = jnp.float32
+    dtype: Any = None  # None: computed in the inputs' and parameters' dtype
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -53,7 +53,7 @@ class ConvNormAct(nn.Module):
             use_bias=self.norm == "none",
             dtype=self.dtype,
         )(x)
-        x = make_norm(self.norm, train)(x).astype(self.dtype)
+        x = make_norm(self.norm, train)(x).astype(x.dtype)
         return nn.relu(x)
 
 
@@ -63,7 +63,7 @@ class ConvBlock(nn.Module):
     features: int
     norm: str = "batch"
     residual: bool = False
-    dtype: Any = jnp.float32
+    dtype: Any = None  # None: computed in the inputs' and parameters' dtype
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -86,7 +86,7 @@ class UpsampleMatmul(nn.Module):
     """
 
     features: int
-    dtype: Any = jnp.float32
+    dtype: Any = None  # None: computed in the inputs' and parameters' dtype
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

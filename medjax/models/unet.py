@@ -30,7 +30,7 @@ class UNet(nn.Module):
       deep_supervision: in training, also return logits of the coarser decoder levels
         (finest first), for a deep-supervision loss.
       remat: rematerialise each level's block in the backward pass (memory for big patches).
-      dtype: compute dtype (``bfloat16`` for mixed precision); parameters stay float32.
+      dtype: compute dtype; None follows inputs and parameters (bf16 when the step casts them).
 
     Returns logits ``float32[B, *spatial, K]`` (a list of them with deep supervision in training).
     """
@@ -41,12 +41,14 @@ class UNet(nn.Module):
     residual: bool = False
     deep_supervision: bool = False
     remat: bool = False
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
         if x.ndim not in (4, 5):
-            raise errors.ConfigError(f"UNet input must be [B, H, W, C] or [B, D, H, W, C], got {x.shape}.")
+            raise errors.ConfigError(
+                f"UNet input must be [B, H, W, C] or [B, D, H, W, C], got {x.shape}."
+            )
         factor = 2 ** (len(self.features) - 1)
         if any(s % factor for s in x.shape[1:-1]):
             raise errors.ConfigError(
@@ -54,7 +56,8 @@ class UNet(nn.Module):
                 f"got {x.shape[1:-1]}."
             )
         block = nn.remat(layers.ConvBlock, static_argnums=(2,)) if self.remat else layers.ConvBlock
-        x = x.astype(self.dtype)
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
         skips = []
         for level, f in enumerate(self.features):
             if level > 0:
@@ -80,7 +83,7 @@ class UNet(nn.Module):
 
 
 def level_features(features: int | Sequence[int], depth: int, max_features: int = 320) -> tuple:
-    """``features=16, depth=4`` -> ``(16, 32, 64, 128)``, capped like nnU-Net at ``max_features``."""
+    """``features=16, depth=4`` -> ``(16, 32, 64, 128)``, capped at ``max_features``."""
     if isinstance(features, int):
         return tuple(min(features * 2**i, max_features) for i in range(depth))
     features = tuple(int(f) for f in features)
@@ -103,7 +106,7 @@ def get_unet(
     deep_supervision: bool = False,
     remat: bool = False,
     last_activation: str = "sigmoid",
-    dtype: str = "float32",
+    dtype: str | None = None,
 ) -> UNet:
     """Builds a UNet with the seed's knobs.
 
@@ -115,7 +118,8 @@ def get_unet(
       features: channels of the first level (doubled per level) or one value per level.
       use_batch_norm: the seed's switch; True -> ``norm="batch"``, False -> ``norm="none"``.
       norm, residual, deep_supervision, remat: see ``UNet``.
-      dtype: compute dtype name (``float32`` | ``bfloat16``).
+      dtype: compute dtype name (``float32`` | ``bfloat16``); None follows the inputs and
+        parameters, which is how ``train.precision=bfloat16`` runs (the step casts both).
     """
     del in_channels
     if use_batch_norm is not None:
@@ -131,5 +135,5 @@ def get_unet(
         residual=residual,
         deep_supervision=deep_supervision,
         remat=remat,
-        dtype=jnp.dtype(dtype),
+        dtype=None if dtype is None else jnp.dtype(dtype),
     )

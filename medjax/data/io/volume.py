@@ -98,4 +98,6 @@ class Volume:
 
     def with_array(self, array: np.ndarray, **meta: Any) -> Volume:
         """A copy on the same grid with another array (a prediction, a mask)."""
-        return Volume(array, self.spacing, self.origin, self.direction.copy(), {**self.meta, **meta})
+        return Volume(
+            array, self.spacing, self.origin, self.direction.copy(), {**self.meta, **meta}
+        )

@@ -1,0 +1,85 @@
+"""medjax entry point: ``python launch.py --config=configs/unet.py [--workdir=runs/x]``.
+
+Flags only: parse, start JAX's multi-process runtime when the cluster says so, log devices,
+call the trainer. ``--config.a.b=v`` overrides any config value; an unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (path[:arg]).", lock_config=True
+)
+flags.DEFINE_string(
+    "workdir", None, "Run folder (checkpoints, logs). Default: a new folder under runs/."
+)
+flags.DEFINE_enum("mode", "train", ["train", "eval", "preprocess"], "What to do.")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's id.")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+
+def _maybe_initialize_distributed() -> None:
+    import jax
+
+    explicit = FLAGS.coordinator_address is not None
+    # SLURM, Open MPI and cloud TPU environments are detected by JAX itself.
+    cluster = any(
+        v in os.environ for v in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS")
+    )
+    if explicit:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    elif (
+        cluster
+        and int(os.environ.get("SLURM_NTASKS", os.environ.get("OMPI_COMM_WORLD_SIZE", "2"))) > 1
+    ):
+        jax.distributed.initialize()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _maybe_initialize_distributed()
+    import jax
+
+    from medjax import errors
+    from medjax.data import pipeline
+    from medjax.train import loop
+
+    config = FLAGS.config
+    workdir = FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    logging.info(
+        "JAX %s, process %d/%d, devices: %s",
+        jax.__version__,
+        jax.process_index(),
+        jax.process_count(),
+        jax.devices(),
+    )
+    try:
+        if FLAGS.mode == "preprocess":
+            data = pipeline.prepare_data(config)
+            print(
+                f"medjax: store at {data.store_dir}: "
+                + ", ".join(f"{k}={len(v)}" for k, v in data.splits.items())
+            )
+        elif FLAGS.mode == "train":
+            loop.train_and_evaluate(config, workdir)
+            loop.evaluate(config, workdir)
+        else:
+            loop.evaluate(config, workdir)
+    except errors.MedjaxError as e:
+        # One clear line for bad input, config or checkpoints; tracebacks are for bugs.
+        print(f"medjax error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

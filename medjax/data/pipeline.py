@@ -1,0 +1,215 @@
+"""The data pipeline: the only module that chains Grain (STYLE.md sec. 6).
+
+``prepare_data`` crawls the data root (or generates the built-in dataset), builds the
+preprocessing store and splits its cases. ``make_train_iterator`` is the seeded, checkpointable
+Grain loader of patches; ``eval_batches`` walks a split exactly once in padded batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+
+from medjax import errors, registry
+from medjax.data import sources, store, synthetic, transforms
+
+
+@dataclasses.dataclass
+class Data:
+    """A built store and its cases per split."""
+
+    store_dir: str
+    root: str
+    splits: dict[str, list[dict[str, Any]]]
+
+    def source(self, split: str) -> sources.StoreSource:
+        """A random-access source over the cases of ``split``."""
+        if not self.splits.get(split):
+            raise errors.DataError(
+                f"Split {split!r} of {self.root} has no usable case "
+                f"(splits: { {k: len(v) for k, v in self.splits.items()} })."
+            )
+        return sources.StoreSource(self.store_dir, self.splits[split])
+
+
+def _assign_split(case_id: str, val_fraction: float) -> str:
+    h = int(hashlib.sha1(case_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "val" if h < val_fraction else "train"
+
+
+def data_root(config: ml_collections.ConfigDict) -> str:
+    """``config.data.root``, or the built-in dataset's folder (generated on first use)."""
+    if config.data.root:
+        root = os.path.abspath(os.path.expanduser(config.data.root))
+        if not os.path.exists(root):
+            raise errors.DataError(f"config.data.root={config.data.root!r}: no such folder.")
+        return root
+    return synthetic.ensure_dataset(config.data.synthetic, **config.data.synthetic_kwargs.to_dict())
+
+
+def prepare_data(config: ml_collections.ConfigDict) -> Data:
+    """Crawls, preprocesses (new or changed cases only) and splits the dataset.
+
+    Only process 0 writes the store; the others wait for it (the store is on a shared disk in a
+    multi-host run) by building after a barrier.
+    """
+    root = data_root(config)
+    crawl = registry.lookup("crawlers", config.data.crawler, **config.data.crawler_kwargs.to_dict())
+    cases = crawl(root)
+    spec = config.data.preprocess.to_dict()
+    store_dir = config.data.store_dir or os.path.join(
+        synthetic.cache_dir(), "store", f"{os.path.basename(root)}-{store.spec_hash([root, spec])}"
+    )
+    manifest = store.build_store(cases, store_dir, spec, workers=config.data.preprocess_workers)
+    splits: dict[str, list[dict[str, Any]]] = {}
+    for entry in manifest["cases"]:
+        split = entry.get("split") or _assign_split(entry["id"], config.data.val_fraction)
+        splits.setdefault(split, []).append(entry)
+    # Without a test split the validation split is also the test split.
+    splits.setdefault(config.data.test_split, splits.get(config.data.val_split, []))
+    return Data(store_dir=store_dir, root=root, splits=splits)
+
+
+def _ensure_absl_flags() -> None:
+    # Grain's multiprocessing reads absl flags; library callers (tests, notebooks) never parse them.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_train_dataset(
+    source: Any,
+    *,
+    patch_size: tuple[int, ...],
+    global_batch_size: int,
+    fg_oversample: float,
+    seed: int,
+    num_workers: int,
+) -> grain.IterDataset:
+    """An endless, seeded dataset of this process's share of each global batch.
+
+    Order: case indices shuffled per epoch (reshuffled every repetition) -> global batches of
+    indices -> each process loads its rows of each batch (``LoadPatchBatch``). Batch ``b`` is the
+    same on 1 or N processes.
+    """
+    n_proc, proc = jax.process_count(), jax.process_index()
+    if global_batch_size % n_proc:
+        raise errors.ConfigError(
+            f"train.batch_size={global_batch_size} is not divisible by {n_proc} processes."
+        )
+    per_proc = global_batch_size // n_proc
+    ds = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat()
+    ds = ds.batch(global_batch_size, drop_remainder=True)
+    load = transforms.LoadPatchBatch(
+        source,
+        patch_size,
+        fg_oversample=fg_oversample,
+        seed=seed,
+        rows=slice(proc * per_proc, (proc + 1) * per_proc),
+    )
+    ds = ds.map_with_index(load).to_iter_dataset()
+    if num_workers > 0:
+        _ensure_absl_flags()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return ds
+
+
+class TrainIterator:
+    """A checkpointable iterator of global, sharded device batches.
+
+    It keeps one batch in flight on the device (so the host loads the next batch while the step
+    runs) and remembers the Grain state *before* that batch was drawn: the state saved with a
+    checkpoint therefore resumes at exactly the next batch the step has not yet seen.
+    """
+
+    def __init__(self, dataset: grain.IterDataset, sharding: jax.sharding.NamedSharding):
+        self._it = iter(dataset)
+        self._sharding = sharding
+        self._pending: tuple[dict, dict] | None = None
+
+    def _fetch(self) -> tuple[dict, dict]:
+        state = self._it.get_state()
+        batch = next(self._it)
+        return state, to_global(batch, self._sharding)
+
+    def __iter__(self) -> TrainIterator:
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        if self._pending is None:
+            self._pending = self._fetch()
+        _, batch = self._pending
+        self._pending = self._fetch()
+        return batch
+
+    def get_state(self) -> dict:
+        """Grain state at the first batch not yet returned."""
+        return self._pending[0] if self._pending is not None else self._it.get_state()
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Restores a state from ``get_state`` (drops the batch in flight)."""
+        self._pending = None
+        self._it.set_state(dict(state))
+
+    def close(self) -> None:
+        """Stops Grain's worker processes."""
+        self._pending = None
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
+def to_global(
+    batch: Mapping[str, np.ndarray], sharding: jax.sharding.NamedSharding
+) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays sharded along the mesh's data axis."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+    }
+
+
+def eval_batches(source: sources.StoreSource, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Every case of ``source`` once, whole, in order, in batches padded to ``batch_size``.
+
+    Requires all cases of the split to share one shape (2D data resized to a fixed size);
+    larger volumes go through sliding-window inference instead. Padding rows have
+    ``valid=False`` and ``index=-1``.
+
+    Yields:
+      ``image float32[B, *S, C]``, ``label int32[B, *S]``, ``valid bool[B]``, ``index int32[B]``.
+    """
+    shapes = set(source.shapes)
+    if len(shapes) != 1:
+        raise errors.DataError(f"eval_batches needs one case shape, got {sorted(shapes)[:4]}.")
+    ds = grain.MapDataset.source(source).batch(
+        batch_size, drop_remainder=False, batch_fn=_stack_cases
+    )
+    for batch in ds:
+        n = len(batch["index"])
+        pad = batch_size - n
+        valid = np.arange(batch_size) < n
+        out = {"valid": valid}
+        for k, v in batch.items():
+            out[k] = np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) if pad else v
+        out["index"] = np.where(valid, out["index"], -1).astype(np.int32)
+        yield out
+
+
+def _stack_cases(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    batch = {
+        "image": np.stack([np.asarray(r["image"], np.float32) for r in records]),
+        "index": np.asarray([r["index"] for r in records], np.int32),
+    }
+    if all("label" in r for r in records):
+        batch["label"] = np.stack([np.asarray(r["label"], np.int32) for r in records])
+    else:
+        batch["label"] = np.zeros(batch["image"].shape[:-1], np.int32)
+    return batch

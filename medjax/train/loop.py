@@ -1,0 +1,485 @@
+"""The one trainer: ``train_and_evaluate(config, workdir)`` and ``evaluate(config, workdir)``.
+
+Read top to bottom: setup -> data -> components -> state (born sharded; resumed, initialised
+from another run, or fresh) -> epochs of jitted steps with periodic logging, validation and
+checkpoints -> summary. Side effects (files, logs, checkpoints) live here and in launch.py only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import traverse_util
+
+from medjax import errors, registry
+from medjax.augment import compose as augment_lib
+from medjax.data import pipeline
+from medjax.data.io import image2d
+from medjax.evaluate import segmentation as seg_eval
+from medjax.losses import compound
+from medjax.train import checkpoint as ckpt_lib
+from medjax.train import mesh as mesh_lib
+from medjax.train import metric_writer, optim
+from medjax.train import state as state_lib
+from medjax.train import step as step_lib
+
+# ---------------------------------------------------------------------------------------------
+# Components named by the config.
+# ---------------------------------------------------------------------------------------------
+
+
+def build_model(config: ml_collections.ConfigDict):
+    """The model named by ``config.model`` (registry ``models.<name>``)."""
+    return registry.lookup("models", config.model.name, **config.model.kwargs.to_dict())
+
+
+def build_loss(config: ml_collections.ConfigDict):
+    """The loss named by ``config.loss``; wrapped for deep supervision when the model has it."""
+    loss_fn = registry.lookup("losses", config.loss.name, **config.loss.kwargs.to_dict())
+    if config.model.kwargs.get("deep_supervision", False):
+        loss_fn = compound.deep_supervision(loss_fn)
+    return loss_fn
+
+
+class _Run:
+    """Everything set up for one workdir: data, mesh, jitted functions, state, checkpoints."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, for_training: bool):
+        self.config = config
+        self.workdir = os.path.abspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        # -- data --
+        self.data = pipeline.prepare_data(config)
+        self.train_source = self.data.source(config.data.train_split)
+        channels = {e["channels"] for split in self.data.splits.values() for e in split}
+        if len(channels) != 1:
+            raise errors.DataError(f"Cases disagree on the number of channels: {sorted(channels)}.")
+        self.channels = channels.pop()
+        in_ch = config.model.kwargs.get("in_channels", self.channels)
+        if in_ch != self.channels:
+            raise errors.ConfigError(
+                f"model.kwargs.in_channels={in_ch} but the data has {self.channels} channel(s)."
+            )
+        # -- mesh and sizes --
+        self.mesh = mesh_lib.make_mesh(config.mesh)
+        self.batch_sh = mesh_lib.batch_sharding(self.mesh)
+        self.repl_sh = mesh_lib.replicated(self.mesh)
+        mesh_lib.check_batch_size(config.train.batch_size, self.mesh, "train.batch_size")
+        mesh_lib.check_batch_size(config.eval.batch_size, self.mesh, "eval.batch_size")
+        n_train = len(self.train_source)
+        self.steps_per_epoch = config.train.steps_per_epoch or max(
+            n_train // config.train.batch_size, 1
+        )
+        self.total_steps = self.steps_per_epoch * config.train.epochs
+        # -- components --
+        self.model = build_model(config)
+        self.loss_fn = build_loss(config)
+        self.augment_fn = augment_lib.compose(list(config.augment)) if config.augment else None
+        self.tx, self.schedule = optim.make_optimizer(config, self.total_steps)
+        if config.train.precision not in step_lib.PRECISIONS:
+            raise errors.ConfigError(
+                f"train.precision={config.train.precision!r}; "
+                f"expected one of {list(step_lib.PRECISIONS)}."
+            )
+        # -- state, born sharded --
+        input_shape = (1, *config.data.patch_size, self.channels)
+        init = lambda key: state_lib.create_train_state(self.model, self.tx, input_shape, key)  # noqa: E731
+        self.init_key = jax.random.key(config.seed)
+        abstract = jax.eval_shape(init, self.init_key)
+        self.state_sh = mesh_lib.state_sharding(abstract, self.mesh)
+        self.abstract_state = ckpt_lib.abstract_with_shardings(abstract, self.state_sh)
+        self._init = jax.jit(init, out_shardings=self.state_sh)
+        # -- jitted steps --
+        self.eval_step = jax.jit(
+            step_lib.make_eval_step(self.loss_fn, precision=config.train.precision),
+            in_shardings=(self.state_sh, self.batch_sh),
+            out_shardings=self.batch_sh,
+        )
+        if for_training:
+            train_step = step_lib.make_train_step(
+                self.loss_fn,
+                self.augment_fn,
+                self.schedule,
+                precision=config.train.precision,
+                grad_accum_steps=config.train.grad_accum_steps,
+            )
+            self.train_step = jax.jit(
+                train_step,
+                in_shardings=(self.state_sh, self.batch_sh, self.repl_sh),
+                out_shardings=(self.state_sh, self.repl_sh),
+                donate_argnums=0,
+            )
+        self.ckpt = ckpt_lib.Checkpointer(
+            os.path.join(self.workdir, "ckpt"), config.ckpt, read_only=not for_training
+        )
+
+    def fresh_state(self) -> state_lib.TrainState:
+        return self._init(self.init_key)
+
+    def evaluate(self, state, split: str, *, keep_predictions: bool = False):
+        source = self.data.source(split)
+        return source, *seg_eval.evaluate_split(
+            self.eval_step,
+            state,
+            source,
+            batch_size=self.config.eval.batch_size,
+            sharding=self.batch_sh,
+            keep_predictions=keep_predictions,
+        )
+
+
+def _init_from(
+    run: _Run, state: state_lib.TrainState, path: str, params_only: bool
+) -> state_lib.TrainState:
+    """Copies every parameter (and BN statistic) whose path and shape match from another run.
+
+    Parameters that do not match (a replaced head) keep their fresh initialisation; both lists
+    are logged. With ``params_only=False`` the optimiser state and step come along too when the
+    whole state matches.
+    """
+    ckpt_dir, step = ckpt_lib.find_checkpoint(path)
+    other = ckpt_lib.Checkpointer(ckpt_dir, run.config.ckpt, read_only=True)
+    step = other.best_step() if step is None else step
+    if step is None:
+        raise errors.CheckpointError(f"init_from={path!r}: no checkpoint in {ckpt_dir}.")
+    loaded = other.restore_params(step, None)
+    other.close()
+    if not params_only:
+        try:
+            restored, _ = ckpt_lib.Checkpointer(ckpt_dir, run.config.ckpt, read_only=True).restore(
+                step, run.abstract_state
+            )
+            logging.info("init_from: continued from %s step %d (full state)", ckpt_dir, step)
+            return restored
+        except errors.CheckpointError as e:
+            logging.warning(
+                "init_from: full state does not match (%s); loading parameters only.", e
+            )
+
+    def merge(fresh: Any, old: Any, name: str) -> Any:
+        fresh_flat = traverse_util.flatten_dict(jax.device_get(fresh), sep="/")
+        old_flat = traverse_util.flatten_dict(old or {}, sep="/")
+        merged, skipped = {}, []
+        for k, v in fresh_flat.items():
+            if k in old_flat and np.shape(old_flat[k]) == np.shape(v):
+                merged[k] = np.asarray(old_flat[k], v.dtype)
+            else:
+                merged[k] = v
+                skipped.append(k)
+        logging.info(
+            "init_from %s: loaded %d %s, kept fresh: %s",
+            path,
+            len(merged) - len(skipped),
+            name,
+            skipped,
+        )
+        if len(skipped) == len(merged):
+            raise errors.CheckpointError(f"init_from={path!r}: no {name} matches this model.")
+        return traverse_util.unflatten_dict(merged, sep="/")
+
+    params = merge(state.params, loaded.get("params"), "params")
+    stats = (
+        merge(state.batch_stats, loaded.get("batch_stats"), "batch_stats")
+        if state.batch_stats
+        else state.batch_stats
+    )
+    new = state.replace(params=params, batch_stats=stats)
+    return jax.device_put(new, run.state_sh)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+# ---------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (resuming from ``workdir`` if it holds a checkpoint), validates, checkpoints.
+
+    Returns:
+      A summary: best metric and step, final step, checkpoint folder, last validation metrics.
+    """
+    run = _Run(config, workdir, for_training=True)
+    writer = metric_writer.MetricWriter(run.workdir)
+    if jax.process_index() == 0:
+        with open(os.path.join(run.workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=1))
+    # -- state: resume > init_from > fresh --
+    state = run.fresh_state()
+    data_state = None
+    start_step = 0
+    latest = run.ckpt.latest_step()
+    if latest is not None:
+        state, data_state = run.ckpt.restore(latest, run.abstract_state)
+        start_step = int(jax.device_get(state.step))
+        logging.info("Resuming from %s at step %d", run.ckpt.directory, start_step)
+        print(f"medjax: resuming {run.workdir} from step {start_step}", file=sys.stderr)
+    elif config.init_from:
+        state = _init_from(run, state, config.init_from, config.init_params_only)
+    if start_step == 0:
+        writer.write_text(0, "config", "```\n" + str(config) + "\n```")
+        writer.write_hparams(_flat_hparams(config))
+    # -- baseline, once per run --
+    val_source = run.data.source(config.data.val_split)
+    baseline = seg_eval.threshold_baseline(val_source)
+    writer.write_scalars(start_step, {f"val/{k}": v for k, v in baseline.items()})
+
+    # -- data iterator, positioned after the last batch the restored state saw --
+    dataset = pipeline.make_train_dataset(
+        run.train_source,
+        patch_size=tuple(config.data.patch_size),
+        global_batch_size=config.train.batch_size,
+        fg_oversample=config.data.fg_oversample,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+    )
+    it = pipeline.TrainIterator(dataset, run.batch_sh)
+    if data_state is not None:
+        it.set_state(data_state)
+    base_key = jax.random.key(config.seed + 1)  # made before the transfer guard
+
+    best = {"value": None, "step": None}
+    if latest is not None:
+        best_step = run.ckpt.best_step()
+        if (
+            best_step is not None
+            and (m := run.ckpt.metrics(best_step))
+            and config.ckpt.monitor in m
+        ):
+            best = {"value": m[config.ckpt.monitor], "step": best_step}
+    early = _EarlyStopping(config.train.early_stopping)
+    last_val: dict[str, float] = {}
+    step = start_step
+    pending: list[dict[str, jax.Array]] = []
+    t_log, step_log = time.time(), step
+    profile = tuple(config.train.profile_steps or ())
+    try:
+        start_epoch = step // run.steps_per_epoch
+        for epoch in range(start_epoch, config.train.epochs):
+            epoch_end = (epoch + 1) * run.steps_per_epoch
+            epoch_start_time, epoch_start_step = time.time(), step
+            # The guard makes every host<->device copy in the hot loop explicit.
+            with jax.transfer_guard("disallow"):
+                while step < epoch_end:
+                    if profile and step == profile[0]:
+                        jax.profiler.start_trace(os.path.join(run.workdir, "profile"))
+                    batch = next(it)
+                    state, metrics = run.train_step(state, batch, base_key)
+                    pending.append(metrics)
+                    step += 1
+                    if profile and step == profile[1]:
+                        jax.block_until_ready(state)
+                        jax.profiler.stop_trace()
+                    if step % config.train.log_every_steps == 0 or step == epoch_end:
+                        scalars = _mean_metrics(pending, step)
+                        pending = []
+                        now = time.time()
+                        scalars["steps_per_sec"] = (step - step_log) / max(now - t_log, 1e-9)
+                        scalars["samples_per_sec"] = (
+                            scalars["steps_per_sec"] * config.train.batch_size
+                        )
+                        t_log, step_log = now, step
+                        writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+                        _progress(
+                            epoch,
+                            config.train.epochs,
+                            step - epoch_start_step,
+                            run.steps_per_epoch,
+                            time.time() - epoch_start_time,
+                            scalars["loss"],
+                        )
+            print(file=sys.stderr)
+            is_last = epoch + 1 == config.train.epochs
+            if (epoch + 1) % config.train.val_every == 0 or is_last:
+                source, last_val, _, preds = run.evaluate(
+                    state,
+                    config.data.val_split,
+                    keep_predictions=_wants_images(config, epoch, is_last),
+                )
+                last_val = {f"val/{k}": v for k, v in last_val.items()}
+                writer.write_scalars(step, last_val)
+                grid = seg_eval.sample_grid(source, preds, config.log.num_images)
+                if grid is not None:
+                    writer.write_images(step, {"val/samples (input | truth | prediction)": grid})
+                print(
+                    f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_val.items()),
+                    file=sys.stderr,
+                )
+                mon = last_val.get(config.ckpt.monitor)
+                if mon is not None and (
+                    best["value"] is None or _better(mon, best["value"], config.ckpt.mode)
+                ):
+                    best = {"value": mon, "step": step}
+            if (epoch + 1) % config.ckpt.every_epochs == 0 or is_last:
+                run.ckpt.save(step, state, it.get_state(), metrics=last_val or None)
+            writer.flush()
+            if early.should_stop(last_val):
+                print(f"medjax: early stopping after epoch {epoch + 1}", file=sys.stderr)
+                if not (epoch + 1) % config.ckpt.every_epochs == 0:
+                    run.ckpt.save(step, state, it.get_state(), metrics=last_val or None)
+                break
+    finally:
+        it.close()
+        run.ckpt.wait()
+        writer.close()
+    summary = {
+        "workdir": run.workdir,
+        "final_step": step,
+        "best_metric": config.ckpt.monitor,
+        "best_value": best["value"],
+        "best_step": best["step"],
+        "checkpoints": run.ckpt.directory,
+        "baseline_threshold_dice": baseline["baseline_threshold_dice"],
+        **last_val,
+    }
+    run.ckpt.close()
+    _print_summary(summary)
+    return summary
+
+
+def _mean_metrics(pending: list[dict[str, jax.Array]], step: int) -> dict[str, float]:
+    host = jax.device_get(pending)  # one explicit fetch per log interval
+    out = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    for k in ("loss", "grad_norm"):
+        if not math.isfinite(out[k]):
+            raise errors.TrainingError(
+                f"Non-finite {k}={out[k]} at step {step}: training diverged. Lower optim.lr, "
+                f"enable optim.grad_clip_norm, or check the data. The last good checkpoint is kept."
+            )
+    return out
+
+
+def _better(value: float, ref: float, mode: str) -> bool:
+    return value > ref if mode == "max" else value < ref
+
+
+def _wants_images(config: ml_collections.ConfigDict, epoch: int, is_last: bool) -> bool:
+    every = config.log.images_every
+    return bool(config.log.num_images) and every > 0 and ((epoch + 1) % every == 0 or is_last)
+
+
+class _EarlyStopping:
+    """Stops when ``monitor`` has not improved by ``min_delta`` for ``patience`` validations."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        self.monitor, self.mode = cfg.monitor, cfg.mode
+        self.patience, self.min_delta = cfg.patience, cfg.min_delta
+        self.best: float | None = None
+        self.bad = 0
+
+    def should_stop(self, metrics: dict[str, float]) -> bool:
+        if not self.monitor or not self.patience or self.monitor not in metrics:
+            return False
+        value = metrics[self.monitor]
+        sign = 1.0 if self.mode == "max" else -1.0
+        if self.best is None or sign * (value - self.best) > self.min_delta:
+            self.best, self.bad = value, 0
+            return False
+        self.bad += 1
+        return self.bad >= self.patience
+
+
+def _progress(epoch: int, epochs: int, done: int, total: int, elapsed: float, loss: float) -> None:
+    rate = done / max(elapsed, 1e-9)
+    eta = (total - done) / max(rate, 1e-9)
+    bar = "#" * int(20 * done / total) + "." * (20 - int(20 * done / total))
+    print(
+        f"\repoch {epoch + 1}/{epochs} [{bar}] {done}/{total} {rate:.2f} steps/s "
+        f"ETA {eta:.0f}s loss {loss:.4f}",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    if jax.process_index() != 0:
+        return
+    lines = ["", "medjax: training finished"]
+    if summary["best_value"] is not None:
+        lines.append(
+            f"  best {summary['best_metric']} = {summary['best_value']:.4f} "
+            f"at step {summary['best_step']}"
+        )
+    lines.append(f"  global-threshold baseline Dice = {summary['baseline_threshold_dice']:.4f}")
+    lines.append(f"  checkpoints: {summary['checkpoints']}")
+    lines.append(f"  view: tensorboard --logdir {summary['workdir']}")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    flat = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep=".")
+    return {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation of a finished run.
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Restores the best (or ``config.eval.step``) checkpoint and evaluates ``config.eval.split``.
+
+    Writes ``<workdir>/eval/<split>-step<N>/``: ``metrics.json``, ``per_case.csv`` and, with
+    ``eval.write_predictions``, one predicted mask per case (PNG for 2D, in the case's original
+    size and geometry when the preprocessing props allow inverting it).
+    """
+    run = _Run(config, workdir, for_training=False)
+    step = run.ckpt.best_step() if config.eval.step < 0 else config.eval.step
+    if step is None:
+        raise errors.CheckpointError(f"No checkpoint in {run.ckpt.directory}: train first.")
+    state, _ = run.ckpt.restore(step, run.abstract_state)
+    split = config.eval.split
+    source, metrics, per_case, preds = run.evaluate(
+        state, split, keep_predictions=config.eval.write_predictions
+    )
+    out_dir = os.path.join(run.workdir, "eval", f"{split}-step{step}")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump({"step": step, "split": split, **metrics}, f, indent=1)
+    with open(os.path.join(out_dir, "per_case.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(per_case[0]))
+        w.writeheader()
+        w.writerows(per_case)
+    if preds:
+        _write_predictions(run, source, preds, os.path.join(out_dir, "predictions"))
+    writer = metric_writer.MetricWriter(run.workdir)
+    writer.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()})
+    writer.close()
+    run.ckpt.close()
+    print(
+        f"medjax: {split} metrics of step {step}: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+        file=sys.stderr,
+    )
+    print(f"medjax: wrote {out_dir}", file=sys.stderr)
+    return {"step": step, "dir": out_dir, **metrics}
+
+
+def _write_predictions(run: _Run, source, preds: dict[int, np.ndarray], out_dir: str) -> None:
+    """Each prediction back in its original geometry (through the preprocessing props)."""
+    from medjax.data import io as mio
+    from medjax.data.preprocess import pipeline as pp
+
+    os.makedirs(out_dir, exist_ok=True)
+    entries = {e["id"]: e for e in run.data.splits[run.config.eval.split]}
+    for index, pred in preds.items():
+        case_id = source.ids[index]
+        entry = entries[case_id]
+        vol = pp.invert_prediction(pred, entry["props"])
+        if vol.ndim_spatial == 2:
+            # Binary masks are written 0/255 like the inputs; label maps keep their values.
+            labels = np.asarray(vol.array).astype(np.uint8)
+            vol = vol.with_array(labels * 255 if labels.max() <= 1 else labels)
+            image2d.write_image2d(vol, os.path.join(out_dir, f"{case_id}.png"))
+        else:
+            mio.write_volume(vol, os.path.join(out_dir, f"{case_id}.nii.gz"))

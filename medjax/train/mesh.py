@@ -1,0 +1,50 @@
+"""The device mesh and the shardings of state and batches (STYLE.md sec. 5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from medjax import errors
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """A mesh over all devices (of all processes) with a single ``data`` axis.
+
+    ``mesh.data=-1`` takes every device. Axis types are explicitly ``Auto``: with JAX's
+    ``Explicit`` default an eager slice of a sharded array raises.
+    """
+    n = jax.device_count()
+    size = n if mesh_config.data == -1 else int(mesh_config.data)
+    if size != n:
+        raise errors.ConfigError(f"mesh.data={mesh_config.data} but {n} devices are visible.")
+    return jax.make_mesh((size,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Leading (batch) axis split over ``data``; the rest replicated."""
+    return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Fully replicated."""
+    return NamedSharding(mesh, P())
+
+
+def state_sharding(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Shardings for every leaf of the state: replicated (pure data parallelism)."""
+    return jax.tree.map(lambda _: replicated(mesh), abstract_state)
+
+
+def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh, key: str) -> None:
+    """The global batch must split evenly over the data axis."""
+    n = int(np.prod(mesh.devices.shape))
+    if batch_size % n:
+        raise errors.ConfigError(
+            f"{key}={batch_size} is not divisible by the {n} devices of the mesh."
+        )

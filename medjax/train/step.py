@@ -1,0 +1,174 @@
+"""Pure train and eval steps, built by closure from concrete model, loss and augmentation.
+
+Nothing here jits: the loop jits these with shardings and donates the state (STYLE.md sec. 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from medjax.augment import compose as augment_lib
+from medjax.metrics import confusion
+from medjax.train import state as state_lib
+
+Batch = dict[str, jax.Array]
+LossFn = Callable[..., jax.Array]
+
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _cast(tree: Any, dtype: Any) -> Any:
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+def _forward(state, params, batch_stats, image, *, train, compute_dtype, dropout_key=None):
+    """Runs the model; in bf16 both the inputs and a bf16 copy of the fp32 params go in."""
+    variables = {"params": _cast(params, compute_dtype)}
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+    rngs = {"dropout": dropout_key} if dropout_key is not None else {}
+    image = image.astype(compute_dtype)
+    if train and batch_stats:
+        out, updates = state.apply_fn(
+            variables, image, train=True, mutable=["batch_stats"], rngs=rngs
+        )
+        return out, updates["batch_stats"]
+    return state.apply_fn(variables, image, train=train, rngs=rngs), batch_stats
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    augment_fn: Callable[[jax.Array, dict], dict] | None,
+    schedule: optax.Schedule,
+    *,
+    precision: str = "float32",
+    grad_accum_steps: int = 1,
+) -> Callable[[state_lib.TrainState, Batch, jax.Array], tuple[state_lib.TrainState, dict]]:
+    """Builds ``train_step(state, batch, base_key) -> (state, metrics)``.
+
+    The step's randomness is ``fold_in(base_key, state.step)``, split for augmentation and
+    dropout, so a resumed run draws the same numbers. With ``grad_accum_steps = k`` the batch
+    is split into k micro-batches whose mean gradient makes one update (the same update as one
+    batch k times larger, for losses that are means over examples).
+
+    Args:
+      loss_fn: ``loss(logits, labels) -> float32[B]`` (per example).
+      augment_fn: per-example ``fn(key, sample) -> sample`` (vmapped here), or None.
+      schedule: the learning-rate schedule (logged as ``lr``).
+      precision: ``float32`` or ``bfloat16`` (bf16 compute; fp32 master weights and optimiser).
+      grad_accum_steps: micro-batches per update.
+
+    Returns:
+      The pure step. ``metrics`` holds float32 scalars: ``loss``, ``grad_norm``, ``param_norm``,
+      ``update_norm``, ``lr``.
+    """
+    compute_dtype = PRECISIONS[precision]
+
+    def loss_and_grads(state, params, batch_stats, batch, key):
+        aug_key, dropout_key = jax.random.split(key)
+        if augment_fn is not None:
+            batch = augment_lib.apply_batch(augment_fn, aug_key, batch)
+
+        def objective(p):
+            logits, new_stats = _forward(
+                state,
+                p,
+                batch_stats,
+                batch["image"],
+                train=True,
+                compute_dtype=compute_dtype,
+                dropout_key=dropout_key,
+            )
+            return jnp.mean(loss_fn(logits, batch["label"])), new_stats
+
+        (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return loss, grads, new_stats
+
+    def train_step(state: state_lib.TrainState, batch: Batch, base_key: jax.Array):
+        key = jax.random.fold_in(base_key, state.step)
+        if grad_accum_steps == 1:
+            loss, grads, new_stats = loss_and_grads(
+                state, state.params, state.batch_stats, batch, key
+            )
+        else:
+            micro = jax.tree.map(
+                lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]),
+                batch,
+            )
+
+            def body(carry, xs):
+                loss_sum, grad_sum, stats = carry
+                micro_batch, i = xs
+                loss, grads, stats = loss_and_grads(
+                    state, state.params, stats, micro_batch, jax.random.fold_in(key, i)
+                )
+                return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads), stats), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (loss, grads, new_stats), _ = jax.lax.scan(
+                body,
+                (jnp.zeros((), jnp.float32), zeros, state.batch_stats),
+                (micro, jnp.arange(grad_accum_steps)),
+            )
+            loss = loss / grad_accum_steps
+            grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, batch_stats=new_stats
+        )
+        metrics = {
+            "loss": loss.astype(jnp.float32),
+            "grad_norm": optax.global_norm(grads).astype(jnp.float32),
+            "param_norm": optax.global_norm(params).astype(jnp.float32),
+            "update_norm": optax.global_norm(updates).astype(jnp.float32),
+            "lr": jnp.asarray(schedule(state.step), jnp.float32),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(
+    loss_fn: LossFn, *, precision: str = "float32"
+) -> Callable[[state_lib.TrainState, Batch], dict[str, jax.Array]]:
+    """Builds ``eval_step(state, batch) -> outputs`` for whole-image evaluation.
+
+    Returns per-example ``loss [B]``, confusion counts ``tp/fp/fn/tn [B, K']`` (padding rows
+    zeroed by ``batch["valid"]``) and the predicted label map ``pred int32[B, *spatial]``.
+    """
+    compute_dtype = PRECISIONS[precision]
+
+    def eval_step(state: state_lib.TrainState, batch: Batch) -> dict[str, jax.Array]:
+        logits, _ = _forward(
+            state,
+            state.params,
+            state.batch_stats,
+            batch["image"],
+            train=False,
+            compute_dtype=compute_dtype,
+        )
+        if isinstance(logits, (list, tuple)):
+            logits = logits[0]
+        logits = logits.astype(jnp.float32)
+        valid = batch["valid"]
+        out = confusion.per_example_counts(logits, batch["label"], valid=valid)
+        out["loss"] = jnp.where(valid, loss_fn(logits, batch["label"]), 0.0)
+        out["pred"] = predict_labels(logits)
+        return out
+
+    return eval_step
+
+
+def predict_labels(logits: jax.Array) -> jax.Array:
+    """Logits ``[B, *spatial, K]`` -> label map ``int32[B, *spatial]`` (sigmoid > 0.5 for K=1)."""
+    if logits.shape[-1] == 1:
+        return (logits[..., 0] > 0).astype(jnp.int32)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
