@@ -323,7 +323,7 @@ def build_cutout_store(
         }
         prev = old_scans.get(uid)
         if prev and [prev["signature"], prev["key"]] == [task["signature"], task["key"]]:
-            records[uid] = {**prev, "source": "store"}
+            records[uid] = {**prev, "seriesuid": uid, "source": "store"}
             continue
         part_json = parts / f"{uid}.json"
         if part_json.exists() and (parts / f"{uid}.npy").exists():
