@@ -141,7 +141,9 @@ def get_generalized_dice(
     ``loss = 1 - (2 sum_c w_c TP_c + smooth_nr) / (sum_c w_c (sum p_c + sum t_c) + smooth_dr)``.
     A class with an empty target would get an infinite weight; as MONAI does, it gets the
     largest finite weight of the same example (or pool) instead, and if every class is empty
-    all weights are 0 and the loss is ``1 - smooth_nr / smooth_dr`` (0 with equal smoothing).
+    all weights are 0 and the loss is ``1 - smooth_nr / smooth_dr`` (0 with equal smoothing),
+    a constant with zero gradient: on an example with an empty reference only a companion
+    term (CE) or ``batch=True`` penalises false positives.
 
     Args:
       smooth_nr: added to the numerator.
