@@ -1,1 +1,11 @@
-"""Offline numpy preprocessing: resampling, intensity normalisation, cropping, fingerprints."""
+"""Offline numpy preprocessing: resampling, intensity normalisation, cropping, fingerprints.
+
+* ``pipeline``: ``preprocess_case(image, label, spec)`` / ``invert_prediction(pred, props)`` and
+  ``load_case(case)`` for crawler cases; ``DEFAULT_SPEC`` documents every spec key.
+* ``resample``: ``resample_image`` / ``resample_label`` (grid-mode scipy zoom, geometry kept).
+* ``normalize``: zscore / ct / percentile / minmax / none.
+* ``crop``: nonzero body mask, bounding boxes, crop and uncrop.
+* ``fingerprint``: ``compute_fingerprint(cases)`` and ``suggest_spec(fingerprint, modality)``.
+
+All of it runs on the host in numpy/scipy; geometry travels as JSON-able ``props``.
+"""

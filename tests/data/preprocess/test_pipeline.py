@@ -78,8 +78,9 @@ def test_2d_png_resize_zscore_and_invert(tmp_path):
     ref = ndimage.zoom(z, 2, order=3, mode="nearest", grid_mode=True)
     np.testing.assert_allclose(x[..., 0], ref, atol=1e-4)
     np.testing.assert_allclose(props["normalization"]["mean"], [gray.mean()], rtol=1e-9)
-    # Upsampling 2x then back is exact for labels (2x2 blocks; per-label linear averages
-    # two equal voxels), so the identity "prediction" inverts to the original mask.
+    # Upsampling 2x then back is exact for 2D labels: per-label linear gives each fine voxel
+    # its own coarse voxel's label (weight 0.75**2 > 0.5), and going back averages two fine
+    # voxels of one block; so the identity "prediction" inverts to the original mask.
     back = pipeline.invert_prediction(y, json.loads(json.dumps(props)))
     np.testing.assert_array_equal(back.array, (mask > 0).astype(np.uint8))
     assert back.spacing == image.spacing and back.origin == image.origin
