@@ -122,7 +122,9 @@ def load_case(case: Mapping[str, Any]) -> tuple[volume_lib.Volume, volume_lib.Vo
       DataError: a file cannot be read, or channel files disagree in shape or geometry.
     """
     paths = case["image"] if isinstance(case["image"], list | tuple) else [case["image"]]
-    volumes = [io_lib.read_volume(p) for p in paths]
+    # A DICOM case's folder may hold several series (dicom_series crawler): pick this one.
+    kwargs = {"series_uid": case["series_uid"]} if case.get("series_uid") else {}
+    volumes = [io_lib.read_volume(p, **kwargs) for p in paths]
     image = volumes[0]
     if len(volumes) > 1:
         for path, vol in zip(paths[1:], volumes[1:], strict=True):

@@ -1,6 +1,8 @@
 """Tests for medjax.data.preprocess.pipeline: preprocess_case / invert_prediction."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -220,3 +222,18 @@ def test_resample_to_spacing_keeps_a_linear_world_function():
     ref = new.index_to_world(new_idx) @ a + b
     inner = (slice(2, -2), slice(1, -1), slice(2, -2))
     np.testing.assert_allclose(x[..., 0][inner], ref[inner], atol=1e-4)
+
+
+def test_load_case_dicom_folder_with_two_series(tmp_path):
+    pytest.importorskip("medjax.data.io.dicom")
+    dicom_dir = os.path.join(os.path.dirname(__file__), "..", "dicom")
+    if not os.path.isdir(dicom_dir):
+        pytest.skip("DICOM test data not present")
+    shutil.copytree(os.path.join(dicom_dir, "ct_series_reduced_CT5N"), tmp_path / "mixed")
+    shutil.copy(os.path.join(dicom_dir, "ct_single", "CT_small.dcm"), tmp_path / "mixed")
+    cases = crawlers.get_dicom_series()(str(tmp_path))
+    # The 5-slice series' image is the folder that also holds CT_small.dcm: series_uid decides.
+    assert len(cases) == 2
+    assert str(tmp_path / "mixed") in [c["image"] for c in cases]
+    shapes = sorted(pipeline.load_case(c)[0].array.shape for c in cases)
+    assert shapes == [(1, 128, 128), (5, 16, 16)]
