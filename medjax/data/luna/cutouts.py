@@ -37,6 +37,7 @@ import numpy as np
 from absl import logging
 
 from medjax import errors
+from medjax.data.io import itk
 from medjax.data.io import volume as volume_lib
 from medjax.data.luna import csvs, geometry
 
@@ -63,27 +64,13 @@ CSV_COLUMNS = (
 
 
 def _read_scan(path: str | os.PathLike) -> volume_lib.Volume:
-    """Reads a ``.mhd`` scan as a ``Volume`` (HU, ``[D, H, W]``, LPS geometry).
-
-    TODO(issue 5): use ``medjax.data.io.itk.read_itk`` once that module lands; until then this
-    reads through SimpleITK directly, following the Volume convention of ``volume.py``.
-    """
-    import SimpleITK as sitk
-
-    image = sitk.ReadImage(os.fspath(path))
-    if image.GetDimension() != 3:
-        raise errors.DataError(f"{path}: expected a 3D scan, got {image.GetDimension()}D.")
-    array = sitk.GetArrayFromImage(image)  # [k, j, i] = [D, H, W].
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    return volume_lib.Volume(
-        array=array,
-        spacing=tuple(image.GetSpacing())[::-1],
-        origin=tuple(image.GetOrigin()),
-        # ITK's column c is the world vector of index axis (i, j, k)[c]; reverse the columns
-        # to get array axis order (D, H, W) while the world stays LPS (x, y, z).
-        direction=direction[:, ::-1],
-        meta={"path": os.fspath(path)},
-    )
+    """Reads a ``.mhd`` scan as a ``Volume`` (HU, ``[D, H, W]``, LPS geometry)."""
+    scan = itk.read_itk(path)
+    if scan.ndim_spatial != 3 or scan.array.ndim != 3:
+        raise errors.DataError(
+            f"{path}: expected a 3D single-channel scan, got {scan.array.shape}."
+        )
+    return scan
 
 
 def cutout_start(

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from medjax import errors
+from medjax.data.io import itk
 from medjax.data.luna import csvs, cutouts, geometry
 
 
@@ -104,7 +105,7 @@ def test_synthetic_nodule_cutouts_are_centred(luna_root, tmp_path):
     for a in table:
         if a.malignancy or a.diameter_mm < 5:
             continue
-        volume = cutouts._read_scan(scans[a.seriesuid][1])
+        volume = itk.read_itk(scans[a.seriesuid][1])
         centre = geometry.world_to_voxel(np.array(a.xyz), volume)
         size = (8, 24, 24)
         start = cutouts.cutout_start(volume.spatial_shape, centre, size)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medjax.data.luna import cutouts, geometry
+from medjax.data.io import itk
+from medjax.data.luna import geometry
 
 
 def _rotation(axis, degrees):
@@ -37,7 +38,7 @@ def _write_scan(path, direction, shape=(10, 14, 18), spacing_xyz=(0.7, 0.8, 2.5)
 @pytest.mark.parametrize("name", sorted(DIRECTIONS))
 def test_world_to_voxel_matches_simpleitk(tmp_path, name):
     image = _write_scan(tmp_path / "s.mhd", DIRECTIONS[name])
-    volume = cutouts._read_scan(tmp_path / "s.mhd")
+    volume = itk.read_itk(tmp_path / "s.mhd")
     rng = np.random.default_rng(0)
     ijk = rng.uniform(-2, 20, size=(25, 3))
     world = np.array([image.TransformContinuousIndexToPhysicalPoint(list(p)) for p in ijk])
@@ -60,7 +61,7 @@ def test_bright_voxel_is_found_at_its_world_point(tmp_path, name):
     bright = sitk.GetImageFromArray(array)
     bright.CopyInformation(image)
     sitk.WriteImage(bright, str(tmp_path / "b.mhd"))
-    volume = cutouts._read_scan(tmp_path / "b.mhd")
+    volume = itk.read_itk(tmp_path / "b.mhd")
     world = bright.TransformIndexToPhysicalPoint((i, j, k))
     voxel = geometry.nearest_voxel(geometry.world_to_voxel(world, volume))
     assert tuple(voxel) == (k, j, i)
