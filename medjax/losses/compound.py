@@ -282,7 +282,12 @@ def get_deep_supervision(
     loss = _plain(loss)
     if isinstance(loss, str):
         inner = registry.lookup("losses", _strip_namespace(loss))
-    else:
+    elif isinstance(loss, Mapping) and "name" in loss:
         params = _plain(loss.get("params")) or {}
         inner = registry.lookup("losses", _strip_namespace(str(loss["name"])), **dict(params))
+    else:
+        raise errors.ConfigError(
+            f"deep_supervision's loss must be a spec string or a {{name, params}} dict; "
+            f"got {loss!r}."
+        )
     return deep_supervision(inner, None if weights is None else tuple(weights))

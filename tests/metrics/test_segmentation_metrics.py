@@ -119,9 +119,12 @@ def test_crop_matches_uncropped_distance_transform():
 def test_accumulator_summary_per_case_and_reset():
     rng = np.random.default_rng(4)
     acc = registry.lookup(
-        "metrics", "segmentation", num_classes=3, spacing=(2.0, 1.0, 1.0),
+        "metrics",
+        "segmentation",
+        num_classes=3,
+        spacing=(2.0, 1.0, 1.0),
         class_names=["liver", "tumour"],
-    )  # fmt: skip
+    )
     refs = [_blobs(rng, (6, 7, 8), 3) for _ in range(4)]
     preds = [_blobs(rng, (6, 7, 8), 3) for _ in range(4)]
     preds[3][preds[3] == 2] = 0  # case 3 misses the tumour: hd95 inf, dice 0
