@@ -221,16 +221,31 @@ def gaussian_kernel_1d(sigma: jax.Array, radius: int) -> jax.Array:
 def gaussian_filter_axis(x: jax.Array, axis: int, sigma: jax.Array, radius: int) -> jax.Array:
     """1D Gaussian filter of ``x`` along ``axis``, border mode 'reflect' as in scipy.ndimage.
 
-    The taps are a shifted-slice sum (2 * radius + 1 slices): the radius is static, the sigma may
-    be traced, and no convolution layout is needed for any number of axes.
+    Args:
+      x: any array; only ``axis`` is filtered.
+      axis: the axis to filter.
+      sigma: the standard deviation in voxels; may be traced (the taps are computed in-graph).
+      radius: static kernel radius; ``2 * radius + 1`` taps.
+
+    Returns:
+      The filtered array, same shape and dtype as ``x``.
     """
     taps = gaussian_kernel_1d(sigma, radius).astype(x.dtype)
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (radius, radius)
+    moved = jnp.moveaxis(x, axis, -1)
+    lead, n = moved.shape[:-1], moved.shape[-1]
     # numpy's 'symmetric' (d c b a | a b c d) is scipy.ndimage's 'reflect'.
-    xp = jnp.pad(x, pad, mode="symmetric")
-    n = x.shape[axis]
-    return sum(taps[i] * lax.slice_in_dim(xp, i, i + n, axis=axis) for i in range(2 * radius + 1))
+    padded = jnp.pad(moved, [(0, 0)] * len(lead) + [(radius, radius)], mode="symmetric")
+    # One 1D convolution over all lines (a single op compiles far faster than a sum of shifted
+    # slices); HIGHEST keeps f32 on GPUs, whose default f32 convolution may run in TF32.
+    out = lax.conv_general_dilated(
+        padded.reshape(-1, n + 2 * radius, 1),
+        taps[:, None, None],
+        window_strides=(1,),
+        padding="VALID",
+        dimension_numbers=("NWC", "WIO", "NWC"),
+        precision=lax.Precision.HIGHEST,
+    )
+    return jnp.moveaxis(out.reshape(*lead, n), -1, axis)
 
 
 @registry.register("augment.gaussian_blur")
