@@ -91,3 +91,35 @@ def test_apply_batch_classification_labels_pass_through():
     out = compose.apply_batch(fn, KEY, batch)
     assert out["image"].dtype == jnp.bfloat16
     np.testing.assert_array_equal(out["label"], [0, 1])
+
+
+def test_apply_batch_sharded_equals_single_device():
+    # The train step sees a global batch sharded over "data"; per-example keys must not depend
+    # on the layout (threefry_partitionable is on in conftest).
+    fn = compose.compose(
+        ["brightness(p=0.5, range=(0.5, 1.5))", "affine(p=1.0, rotation=20, translation=0.1)"]
+    )
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, 3, (8, 8, 8)), jnp.int32),
+    }
+    traces = []
+
+    def step(k, b):
+        traces.append(1)  # Runs once per trace, not per call.
+        return compose.apply_batch(fn, k, b)
+
+    jitted = jax.jit(step)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded = jax.device_put(
+        batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    )
+    out_sharded = jitted(KEY, sharded)
+    out_single = jax.jit(lambda k, b: compose.apply_batch(fn, k, b))(KEY, batch)
+    np.testing.assert_allclose(out_sharded["image"], out_single["image"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(out_sharded["label"], out_single["label"])
+    # New keys do not retrace.
+    for seed in range(1, 3):
+        jitted(jax.random.key(seed), sharded)
+    assert len(traces) == 1

@@ -254,6 +254,25 @@ def test_affine_ranges_respected():
     assert np.all(np.abs(shifts).max(axis=0) > 0.05 * np.array(shape))  # Spreads over the range.
 
 
+def test_spatial_part_probabilities():
+    # Rotation drawn with probability 0.5 and nothing else: on a ramp an example is either
+    # reproduced exactly (not drawn) or rotated.
+    shape = (9, 9)
+    op = spatial.get_spatial(p=1.0, rotation=(30, 30), p_rotation=0.5, p_scale=0.0)
+    n = 64
+    ramp = jnp.asarray(_ramp_image(shape))
+    images = jnp.broadcast_to(ramp, (n, *shape, 2))
+    out = np.asarray(jax.jit(jax.vmap(op))(jax.random.split(KEY, n), {"image": images})["image"])
+    unchanged = np.all(out == np.asarray(ramp), axis=(1, 2, 3))
+    assert 0.3 < unchanged.mean() < 0.7
+    # A rotated example reads voxel (5, 4) = c + (1, 0) from c + R^T (1, 0) = c + (cos, -sin).
+    a = np.deg2rad(30)
+    expected = np.array([4.0 + np.cos(a), 4.0 - np.sin(a)])
+    np.testing.assert_allclose(
+        out[~unchanged][:, 5, 4], expected[None].repeat((~unchanged).sum(), 0), atol=1e-5
+    )
+
+
 def test_elastic_displacement_bounded_by_alpha():
     image = jnp.asarray(_ramp_image((24, 24)))
     op = spatial.get_elastic(p=1.0, alpha=2.0, sigma=3.0, border_mode="nearest")
