@@ -70,11 +70,9 @@ def as_range(
 def uniform(key: jax.Array, bounds: tuple[float, float], shape: tuple[int, ...] = ()) -> jax.Array:
     """Draws ``float32[*shape]`` uniformly from ``[low, high)`` (exactly ``low`` if equal)."""
     low, high = bounds
-    return (
-        jax.random.uniform(key, shape, jnp.float32, low, high)
-        if high > low
-        else (jnp.full(shape, low, jnp.float32))
-    )
+    if high == low:  # A fixed value: no draw, and nothing random to compile.
+        return jnp.full(shape, low, jnp.float32)
+    return jax.random.uniform(key, shape, jnp.float32, low, high)
 
 
 def uniform_around_one(
