@@ -47,6 +47,8 @@ def _maybe_initialize_distributed() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.ERROR)  # orbax and grain are chatty; -v brings them back
     _maybe_initialize_distributed()
     import jax
 

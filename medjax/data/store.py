@@ -59,27 +59,6 @@ def source_signature(case: Mapping[str, Any], spec_id: str) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()
 
 
-def _read_case(case: Mapping[str, Any]):
-    from medjax.data import io as mio  # imported in the worker process
-
-    images = [mio.read_volume(p) for p in _paths(case, "image")]
-    if not images:
-        raise errors.DataError(f"Case {case['id']!r} has no image file.")
-    image = images[0]
-    if len(images) > 1:
-        for other, path in zip(images[1:], _paths(case, "image")[1:], strict=True):
-            if other.spatial_shape != image.spatial_shape:
-                raise errors.DataError(
-                    f"Channel file {path} has shape {other.spatial_shape}, but the first channel "
-                    f"of case {case['id']!r} has {image.spatial_shape}."
-                )
-        arrays = [v.array if v.array.ndim > v.ndim_spatial else v.array[..., None] for v in images]
-        image = image.with_array(np.concatenate(arrays, axis=-1))
-    label_paths = _paths(case, "label")
-    label = mio.read_volume(label_paths[0]) if label_paths else None
-    return image, label
-
-
 def _fg_locations(label: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
@@ -109,7 +88,7 @@ def process_case(
     """
     from medjax.data.preprocess import pipeline as pp
 
-    image, label = _read_case(case)
+    image, label = pp.load_case(case)
     image_arr, label_arr, props = pp.preprocess_case(image, label, spec)
     case_id = case["id"]
     final = os.path.join(store_dir, "cases", case_id)

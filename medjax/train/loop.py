@@ -245,7 +245,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     it = pipeline.TrainIterator(dataset, run.batch_sh)
     if data_state is not None:
         it.set_state(data_state)
-    base_key = jax.random.key(config.seed + 1)  # made before the transfer guard
+    # Made and placed before the transfer guard: the step takes it replicated.
+    base_key = jax.device_put(jax.random.key(config.seed + 1), run.repl_sh)
 
     best = {"value": None, "step": None}
     if latest is not None:

@@ -126,9 +126,9 @@ def make_train_step(
         )
         metrics = {
             "loss": loss.astype(jnp.float32),
-            "grad_norm": optax.global_norm(grads).astype(jnp.float32),
-            "param_norm": optax.global_norm(params).astype(jnp.float32),
-            "update_norm": optax.global_norm(updates).astype(jnp.float32),
+            "grad_norm": optax.tree.norm(grads).astype(jnp.float32),
+            "param_norm": optax.tree.norm(params).astype(jnp.float32),
+            "update_norm": optax.tree.norm(updates).astype(jnp.float32),
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
         }
         return new_state, metrics

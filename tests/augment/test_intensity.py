@@ -190,6 +190,27 @@ def test_gaussian_blur_matches_scipy(shape):
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+def test_gaussian_blur_per_axis_sigmas_within_range():
+    # The impulse response of a separable Gaussian has variance sigma_i^2 along axis i.
+    delta = np.zeros((21, 21, 1), np.float32)
+    delta[10, 10] = 1.0
+    op = jax.jit(jax.vmap(intensity.get_gaussian_blur(p=1.0, sigma=(1.0, 2.0), per_axis=True)))
+    out = np.asarray(
+        op(jax.random.split(KEY, 8), {"image": jnp.tile(delta, (8, 1, 1, 1))})["image"]
+    )
+    offsets = np.arange(21) - 10.0
+    sigmas = np.stack(
+        [
+            np.sqrt((out[..., 0].sum(axis=2) * offsets**2).sum(axis=1)),
+            np.sqrt((out[..., 0].sum(axis=1) * offsets**2).sum(axis=1)),
+        ],
+        axis=1,
+    )
+    assert np.all((sigmas > 0.99) & (sigmas < 2.01))
+    assert np.all(np.abs(sigmas[:, 0] - sigmas[:, 1]) > 1e-3)  # Drawn per axis.
+    np.testing.assert_allclose(out.sum(axis=(1, 2, 3)), 1.0, rtol=1e-5)  # Mass is kept.
+
+
 def test_gaussian_blur_sigma_zero_is_identity():
     sample = _sample()
     out = jax.jit(intensity.get_gaussian_blur(p=1.0, sigma=(0.0, 0.0)))(KEY, sample)["image"]
