@@ -13,6 +13,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Returns the full config schema with defaults."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.task = "segmentation"  # registry "tasks.<name>": data, evaluation and outputs
     # Another run's workdir or checkpoint folder to initialise weights from (fine-tuning);
     # ignored when the workdir already holds a checkpoint (then the run resumes).
     c.init_from = ""

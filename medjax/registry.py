@@ -34,6 +34,7 @@ _NAMESPACE_PACKAGES = {
     "schedules": "medjax.train.optim",
     "optimizers": "medjax.train.optim",
     "synthetic": "medjax.data.synthetic",
+    "tasks": "medjax.tasks",
 }
 
 

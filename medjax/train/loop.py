@@ -24,8 +24,6 @@ from flax import traverse_util
 from medjax import errors, registry
 from medjax.augment import compose as augment_lib
 from medjax.data import pipeline
-from medjax.data.io import image2d
-from medjax.evaluate import segmentation as seg_eval
 from medjax.losses import compound
 from medjax.train import checkpoint as ckpt_lib
 from medjax.train import mesh as mesh_lib
@@ -58,13 +56,9 @@ class _Run:
         self.config = config
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
-        # -- data --
-        self.data = pipeline.prepare_data(config)
-        self.train_source = self.data.source(config.data.train_split)
-        channels = {e["channels"] for split in self.data.splits.values() for e in split}
-        if len(channels) != 1:
-            raise errors.DataError(f"Cases disagree on the number of channels: {sorted(channels)}.")
-        self.channels = channels.pop()
+        # -- task: data, evaluation and outputs (segmentation, LUNA16, ...) --
+        self.task = registry.get(f"tasks.{config.task}")(config)
+        self.channels = self.task.channels
         in_ch = config.model.kwargs.get("in_channels", self.channels)
         if in_ch != self.channels:
             raise errors.ConfigError(
@@ -76,7 +70,7 @@ class _Run:
         self.repl_sh = mesh_lib.replicated(self.mesh)
         mesh_lib.check_batch_size(config.train.batch_size, self.mesh, "train.batch_size")
         mesh_lib.check_batch_size(config.eval.batch_size, self.mesh, "eval.batch_size")
-        n_train = len(self.train_source)
+        n_train = self.task.num_train
         self.steps_per_epoch = config.train.steps_per_epoch or max(
             n_train // config.train.batch_size, 1
         )
@@ -92,7 +86,7 @@ class _Run:
                 f"expected one of {list(step_lib.PRECISIONS)}."
             )
         # -- state, born sharded --
-        input_shape = (1, *config.data.patch_size, self.channels)
+        input_shape = self.task.input_shape()
         init = lambda key: state_lib.create_train_state(self.model, self.tx, input_shape, key)  # noqa: E731
         self.init_key = jax.random.key(config.seed)
         abstract = jax.eval_shape(init, self.init_key)
@@ -100,11 +94,13 @@ class _Run:
         self.abstract_state = ckpt_lib.abstract_with_shardings(abstract, self.state_sh)
         self._init = jax.jit(init, out_shardings=self.state_sh)
         # -- jitted steps --
-        self.eval_step = jax.jit(
-            step_lib.make_eval_step(self.loss_fn, precision=config.train.precision),
-            in_shardings=(self.state_sh, self.batch_sh),
-            out_shardings=self.batch_sh,
-        )
+        eval_fns = self.task.make_eval_fns(self.loss_fn, config.train.precision)
+        self.eval_fns = {
+            name: jax.jit(
+                fn, in_shardings=(self.state_sh, self.batch_sh), out_shardings=self.batch_sh
+            )
+            for name, fn in eval_fns.items()
+        }
         if for_training:
             train_step = step_lib.make_train_step(
                 self.loss_fn,
@@ -127,13 +123,12 @@ class _Run:
         return self._init(self.init_key)
 
     def evaluate(self, state, split: str, *, keep_predictions: bool = False):
-        source = self.data.source(split)
-        return source, *seg_eval.evaluate_split(
-            self.eval_step,
+        return self.task.evaluate(
+            self.eval_fns,
             state,
-            source,
+            split,
+            mesh=self.mesh,
             batch_size=self.config.eval.batch_size,
-            sharding=self.batch_sh,
             keep_predictions=keep_predictions,
         )
 
@@ -229,19 +224,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write_text(0, "config", "```\n" + str(config) + "\n```")
         writer.write_hparams(_flat_hparams(config))
     # -- baseline, once per run --
-    val_source = run.data.source(config.data.val_split)
-    baseline = seg_eval.threshold_baseline(val_source)
+    baseline = run.task.baseline(config.data.val_split)
     writer.write_scalars(start_step, {f"val/{k}": v for k, v in baseline.items()})
 
     # -- data iterator, positioned after the last batch the restored state saw --
-    dataset = pipeline.make_train_dataset(
-        run.train_source,
-        patch_size=tuple(config.data.patch_size),
-        global_batch_size=config.train.batch_size,
-        fg_oversample=config.data.fg_oversample,
-        seed=config.seed,
-        num_workers=config.data.num_workers,
-    )
+    dataset = run.task.train_dataset(global_batch_size=config.train.batch_size, seed=config.seed)
     it = pipeline.TrainIterator(dataset, run.batch_sh)
     if data_state is not None:
         it.set_state(data_state)
@@ -301,16 +288,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             print(file=sys.stderr)
             is_last = epoch + 1 == config.train.epochs
             if (epoch + 1) % config.train.val_every == 0 or is_last:
-                source, last_val, _, preds = run.evaluate(
+                last_val, _, preds = run.evaluate(
                     state,
                     config.data.val_split,
                     keep_predictions=_wants_images(config, epoch, is_last),
                 )
                 last_val = {f"val/{k}": v for k, v in last_val.items()}
                 writer.write_scalars(step, last_val)
-                grid = seg_eval.sample_grid(source, preds, config.log.num_images)
-                if grid is not None:
-                    writer.write_images(step, {"val/samples (input | truth | prediction)": grid})
+                writer.write_images(
+                    step, run.task.images(config.data.val_split, preds, config.log.num_images)
+                )
                 print(
                     f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_val.items()),
                     file=sys.stderr,
@@ -339,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "best_value": best["value"],
         "best_step": best["step"],
         "checkpoints": run.ckpt.directory,
-        "baseline_threshold_dice": baseline["baseline_threshold_dice"],
+        "baseline": baseline,
         **last_val,
     }
     run.ckpt.close()
@@ -411,7 +398,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"  best {summary['best_metric']} = {summary['best_value']:.4f} "
             f"at step {summary['best_step']}"
         )
-    lines.append(f"  global-threshold baseline Dice = {summary['baseline_threshold_dice']:.4f}")
+    for k, v in summary["baseline"].items():
+        lines.append(f"  val/{k} = {v:.4f}")
     lines.append(f"  checkpoints: {summary['checkpoints']}")
     lines.append(f"  view: tensorboard --logdir {summary['workdir']}")
     print("\n".join(lines), file=sys.stderr)
@@ -440,7 +428,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise errors.CheckpointError(f"No checkpoint in {run.ckpt.directory}: train first.")
     state, _ = run.ckpt.restore(step, run.abstract_state)
     split = config.eval.split
-    source, metrics, per_case, preds = run.evaluate(
+    metrics, per_case, preds = run.evaluate(
         state, split, keep_predictions=config.eval.write_predictions
     )
     out_dir = os.path.join(run.workdir, "eval", f"{split}-step{step}")
@@ -452,7 +440,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         w.writeheader()
         w.writerows(per_case)
     if preds:
-        _write_predictions(run, source, preds, os.path.join(out_dir, "predictions"))
+        run.task.write_outputs(split, preds, os.path.join(out_dir, "predictions"))
     writer = metric_writer.MetricWriter(run.workdir)
     writer.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()})
     writer.close()
@@ -464,23 +452,3 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     print(f"medjax: wrote {out_dir}", file=sys.stderr)
     return {"step": step, "dir": out_dir, **metrics}
-
-
-def _write_predictions(run: _Run, source, preds: dict[int, np.ndarray], out_dir: str) -> None:
-    """Each prediction back in its original geometry (through the preprocessing props)."""
-    from medjax.data import io as mio
-    from medjax.data.preprocess import pipeline as pp
-
-    os.makedirs(out_dir, exist_ok=True)
-    entries = {e["id"]: e for e in run.data.splits[run.config.eval.split]}
-    for index, pred in preds.items():
-        case_id = source.ids[index]
-        entry = entries[case_id]
-        vol = pp.invert_prediction(pred, entry["props"])
-        if vol.ndim_spatial == 2:
-            # Binary masks are written 0/255 like the inputs; label maps keep their values.
-            labels = np.asarray(vol.array).astype(np.uint8)
-            vol = vol.with_array(labels * 255 if labels.max() <= 1 else labels)
-            image2d.write_image2d(vol, os.path.join(out_dir, f"{case_id}.png"))
-        else:
-            mio.write_volume(vol, os.path.join(out_dir, f"{case_id}.nii.gz"))

@@ -144,20 +144,9 @@ def make_eval_step(
     Returns per-example ``loss [B]``, confusion counts ``tp/fp/fn/tn [B, K']`` (padding rows
     zeroed by ``batch["valid"]``) and the predicted label map ``pred int32[B, *spatial]``.
     """
-    compute_dtype = PRECISIONS[precision]
 
     def eval_step(state: state_lib.TrainState, batch: Batch) -> dict[str, jax.Array]:
-        logits, _ = _forward(
-            state,
-            state.params,
-            state.batch_stats,
-            batch["image"],
-            train=False,
-            compute_dtype=compute_dtype,
-        )
-        if isinstance(logits, (list, tuple)):
-            logits = logits[0]
-        logits = logits.astype(jnp.float32)
+        logits = predict_logits(state, batch["image"], precision=precision)
         valid = batch["valid"]
         out = confusion.per_example_counts(logits, batch["label"], valid=valid)
         out["loss"] = jnp.where(valid, loss_fn(logits, batch["label"]), 0.0)
@@ -165,6 +154,21 @@ def make_eval_step(
         return out
 
     return eval_step
+
+
+def predict_logits(state: state_lib.TrainState, image: jax.Array, *, precision: str) -> jax.Array:
+    """Inference logits ``float32[B, *spatial, K]`` (deep supervision: the full-resolution head)."""
+    out, _ = _forward(
+        state,
+        state.params,
+        state.batch_stats,
+        image,
+        train=False,
+        compute_dtype=PRECISIONS[precision],
+    )
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    return out.astype(jnp.float32)
 
 
 def predict_labels(logits: jax.Array) -> jax.Array:
