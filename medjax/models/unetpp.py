@@ -1,0 +1,148 @@
+"""UNet++ (Zhou et al. 2018, arXiv:1807.10165) for 2D and 3D segmentation.
+
+Nested, dense skip pathways: node ``X^{i,j}`` (level ``i`` from the top, ``j`` convolution
+blocks along the skip) sees every earlier node of its level and the upsampled node below,
+
+    X^{i,0} = block(pool(X^{i-1,0}))                         (the encoder; X^{0,0} reads x)
+    X^{i,j} = block(concat[X^{i,0}, ..., X^{i,j-1}, up(X^{i+1,j-1})])   for j >= 1,
+
+with ``i + j <= L = depth - 1``. The output is a 1x1 conv of ``X^{0,L}``. With
+``deep_supervision`` every top node ``X^{0,1..L}`` has its own head; all of these outputs are at
+the input's full resolution. One module serves both ranks (``[B, H, W, C]`` or
+``[B, D, H, W, C]``); spatial sizes must be divisible by ``2**(depth-1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from medjax import registry
+from medjax.models import attention_unet, layers, unet
+
+
+class UNetPlusPlus(nn.Module):
+    """UNet++ with optional deep supervision over the top row of nested nodes.
+
+    Blocks are ``layers.ConvBlock`` (two conv-norm-ReLU) and upsampling is
+    ``layers.UpsampleMatmul`` (a 2x transposed conv), exactly as in ``unet.UNet``; with
+    ``depth=2`` the two networks are the same. Node ``X^{i,j}`` has ``features[i]`` channels.
+
+    Parameter count (2D, ``depth=3, features=4`` -> (4, 8, 16), 1 input channel, K=1,
+    ``norm="none"``; a 3x3 conv a->b has 9ab+b parameters, a 1x1 conv a->b has ab+b):
+      X00 1->4->4: 40+148 = 188;  X10 4->8->8: 296+584 = 880;  X20 8->16->16: 1168+2320 = 3488;
+      X01 up 8->4*4: 144, block 8->4->4: 292+148 = 440  (584);
+      X11 up 16->8*4: 544, block 16->8->8: 1160+584 = 1744  (2288);
+      X02 up 8->4*4: 144, block 12->4->4: 436+148 = 584  (728);
+      head 4->1: 5.   Total **8161**; with deep supervision one more head on X01: **8166**.
+
+    Attributes:
+      out_channels: number of output logits K (1: binary with sigmoid; >1: softmax classes).
+      features: channels per level, e.g. ``(16, 32, 64, 128)``; its length is the depth.
+      norm: ``batch`` | ``instance`` | ``group`` | ``none``.
+      residual: residual encoder blocks ``X^{i,0}`` (nnU-Net's ResEnc flavour).
+      deep_supervision: in training return the logits of ``X^{0,L}, X^{0,L-1}, ..., X^{0,1}``
+        (a list; all at full resolution; the first is the final output, so the list follows
+        ``unet.UNet``'s "main output first" order that ``losses.compound.deep_supervision``
+        weights by position). In evaluation only ``X^{0,L}``'s logits are returned (the
+        paper's pruning is not offered).
+      remat: rematerialise each node's block in the backward pass.
+      dtype: compute dtype; None follows inputs and parameters.
+
+    Returns logits ``float32[B, *spatial, K]`` (a list of them with deep supervision in training).
+    """
+
+    out_channels: int = 1
+    features: Sequence[int] = (16, 32, 64, 128)
+    norm: str = "batch"
+    residual: bool = False
+    deep_supervision: bool = False
+    remat: bool = False
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
+        depth = len(self.features)
+        attention_unet.check_input(x, 2 ** (depth - 1), f"UNetPlusPlus of depth {depth}")
+        block = nn.remat(layers.ConvBlock, static_argnums=(2,)) if self.remat else layers.ConvBlock
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        last = depth - 1
+        nodes: dict[tuple[int, int], jax.Array] = {}
+        for i, f in enumerate(self.features):
+            inp = x if i == 0 else layers.max_pool2(nodes[i - 1, 0])
+            nodes[i, 0] = block(f, self.norm, self.residual, self.dtype, name=f"x{i}_0")(inp, train)
+        # Column by column: X^{i,j} needs X^{i+1,j-1}, which the previous column made.
+        for j in range(1, depth):
+            for i in range(depth - j):
+                f = self.features[i]
+                up = layers.UpsampleMatmul(f, self.dtype, name=f"up{i}_{j}")(nodes[i + 1, j - 1])
+                inp = jnp.concatenate([nodes[i, k] for k in range(j)] + [up], axis=-1)
+                nodes[i, j] = block(f, self.norm, False, self.dtype, name=f"x{i}_{j}")(inp, train)
+        logits = attention_unet.head(self.out_channels, self.dtype, "head")(nodes[0, last])
+        logits = logits.astype(jnp.float32)
+        # Heads are created at init whatever ``train`` is: the trainer initialises with
+        # train=False and must still find the deep-supervision heads' parameters later.
+        if self.deep_supervision and (train or self.is_initializing()):
+            outputs = [
+                attention_unet.head(self.out_channels, self.dtype, f"ds{j}")(nodes[0, j])
+                for j in reversed(range(1, last))
+            ]
+            if train:
+                return [logits] + [o.astype(jnp.float32) for o in outputs]
+        return logits
+
+
+@registry.register("models.unetpp", "models.UNetPlusPlus", "models.unet_plus_plus")
+def get_unetpp(
+    *,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    depth: int = 4,
+    features: int | Sequence[int] = 16,
+    max_features: int = 320,
+    use_batch_norm: bool | None = None,
+    norm: str = "batch",
+    residual: bool = False,
+    deep_supervision: bool = False,
+    remat: bool = False,
+    last_activation: str = "sigmoid",
+    dtype: str | None = None,
+) -> UNetPlusPlus:
+    """Builds a UNet++ with the knobs of ``unet.get_unet``.
+
+    Args:
+      in_channels: input channels (checked by the trainer against the data).
+      out_channels: logits K (1: sigmoid; >1: softmax over K classes).
+      depth: number of resolution levels L+1; spatial sizes must be divisible by
+        ``2**(depth-1)``.
+      features: channels of the first level (doubled per level, capped at ``max_features``) or
+        one value per level.
+      max_features: cap of the doubled channels.
+      use_batch_norm: the seed's switch; True -> ``norm="batch"``, False -> ``norm="none"``.
+      norm, residual, deep_supervision, remat: see ``UNetPlusPlus``.
+      last_activation: ``sigmoid`` | ``softmax`` | ``none``; losses always take logits.
+      dtype: compute dtype name; None follows the inputs and parameters.
+
+    Returns:
+      The module; ``apply(variables, x float32[B, *spatial, C], train=bool)`` gives logits
+      ``float32[B, *spatial, K]`` (with deep supervision in training a list of ``depth - 1`` of
+      them, all full resolution, final output first).
+
+    Raises:
+      ConfigError: unknown norm or activation, or ``features`` of the wrong length.
+    """
+    del in_channels
+    return UNetPlusPlus(
+        out_channels=out_channels,
+        features=unet.level_features(features, depth, max_features),
+        norm=attention_unet.resolve_norm(norm, use_batch_norm, last_activation),
+        residual=residual,
+        deep_supervision=deep_supervision,
+        remat=remat,
+        dtype=None if dtype is None else jnp.dtype(dtype),
+    )
