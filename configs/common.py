@@ -39,6 +39,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_workers = 2  # Grain worker processes (0: in-process)
     c.data.preprocess_workers = 2
     c.data.val_fraction = 0.2  # used when the crawler gives no split
+    # LUNA16 (task=luna): cutouts around candidates, balanced sampling, FROC.
+    c.data.luna = ml_collections.ConfigDict()
+    c.data.luna.synthetic_kwargs = ml_collections.ConfigDict()
+    c.data.luna.cutout_size_vox = (32, 48, 48)
+    c.data.luna.label_mode = "nodule"  # or malignancy3 / malignancy2
+    c.data.luna.ratio = (1, 1)  # training class ratio per epoch: (positive, negative)
+    c.data.luna.epoch_length = 0  # cutouts per training epoch; 0: the training split's size
+    c.data.luna.fold = -1  # >= 0: LUNA16's 10-fold split by subset; -1: data.val_fraction by series
+    c.data.luna.n_bootstrap = 0  # FROC bootstrap resamples over scans for the CI
     c.data.train_split = "train"
     c.data.val_split = "val"
     c.data.test_split = "test"

@@ -110,8 +110,16 @@ class SegmentationTask:
         grid = seg_eval.sample_grid(self.data.source(split), predictions, num)
         return {} if grid is None else {f"{split}/samples (input | truth | prediction)": grid}
 
-    def write_outputs(self, split: str, predictions: dict[int, np.ndarray], out_dir: str) -> None:
+    def write_outputs(
+        self,
+        split: str,
+        predictions: dict[int, np.ndarray],
+        per_case: list[dict[str, Any]],
+        out_dir: str,
+    ) -> None:
         """Each prediction back in its case's original grid and geometry (PNG 2D, NIfTI 3D)."""
+        del per_case  # the loop writes per_case.csv
+        out_dir = os.path.join(out_dir, "predictions")
         from medjax.data import io as mio
         from medjax.data.io import image2d
         from medjax.data.preprocess import pipeline as pp

@@ -171,12 +171,10 @@ def _init_from(
             else:
                 merged[k] = v
                 skipped.append(k)
-        logging.info(
-            "init_from %s: loaded %d %s, kept fresh: %s",
-            path,
-            len(merged) - len(skipped),
-            name,
-            skipped,
+        print(
+            f"medjax: init_from {path} (step {step}): loaded {len(merged) - len(skipped)} "
+            f"{name}, kept fresh: {skipped or 'none'}",
+            file=sys.stderr,
         )
         if len(skipped) == len(merged):
             raise errors.CheckpointError(f"init_from={path!r}: no {name} matches this model.")
@@ -439,8 +437,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         w = csv.DictWriter(f, fieldnames=list(per_case[0]))
         w.writeheader()
         w.writerows(per_case)
-    if preds:
-        run.task.write_outputs(split, preds, os.path.join(out_dir, "predictions"))
+    run.task.write_outputs(split, preds, per_case, out_dir)
     writer = metric_writer.MetricWriter(run.workdir)
     writer.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()})
     writer.close()

@@ -1,0 +1,69 @@
+"""LUNA16 nodule vs non-nodule classification from CT cutouts (LunaModel, balanced sampling).
+
+Default (built-in synthetic LUNA-format CT: .mhd/.raw scans + candidates/annotations CSVs):
+    python launch.py --config=configs/luna.py --workdir=runs/luna
+  a few minutes on 2 CPU cores; logs ROC AUC, accuracy, precision, recall, F1, the Zero-Rule
+  baseline and FROC/CPM on the validation series; eval mode writes LUNA16's results.csv, the
+  FROC plot and numbers.
+
+Real LUNA16 (subset0..9 + CSVs in one folder; fold k validates on subset k):
+    python launch.py --config=configs/luna.py --config.data.root=/data/luna16 \
+        --config.data.luna.fold=9
+Then fine-tune malignancy from this run: see configs/luna_malignancy.py.
+"""
+
+from configs import common
+from medjax import config_lib
+
+
+def get_config(arg: str | None = None):
+    args = config_lib.parse_arg(arg, variant="default", tiny=False)
+    c = common.base_config()
+    c.task = "luna"
+    c.data.luna.cutout_size_vox = (32, 48, 48)
+    c.data.luna.label_mode = "nodule"
+    c.data.luna.ratio = (1, 1)
+    c.data.luna.epoch_length = 1024
+    c.data.luna.synthetic_kwargs = {"num_scans": 16, "num_subsets": 4}
+    c.data.val_fraction = 0.25
+    c.data.num_workers = 2
+    c.model.name = "luna"
+    c.model.kwargs = {"num_classes": 2, "in_channels": 1, "channels": 8}
+    c.loss.name = "ce"
+    c.loss.kwargs = {}
+    # The seed's cutout augmentation: flips, +-0.1 offset, +-0.2 per-axis scale, in-plane
+    # rotation, 25 HU noise (images are HU / 1000) -- one resampling per sample.
+    c.augment = [
+        "flip(p=0.5)",
+        "affine(p=1.0, rotation=180, in_plane=True, scale=(0.8, 1.2), per_axis_scale=True, "
+        "translation=0.1)",
+        "gaussian_noise(p=1.0, sigma=0.025)",
+    ]
+    c.optim.name = "adam"
+    c.optim.lr = 1e-3
+    c.schedule.name = "cosine"
+    c.schedule.warmup_steps = 10
+    c.train.epochs = 8
+    c.train.batch_size = 32
+    c.train.log_every_steps = 8
+    c.eval.batch_size = 64
+    c.ckpt.monitor = "val/auc"
+    c.ckpt.mode = "max"
+    if args.tiny or args.variant == "tiny":
+        c.data.luna.synthetic_kwargs = {
+            "num_scans": 4,
+            "num_subsets": 2,
+            "shape": (32, 64, 64),
+            "negatives_per_scan": 10,
+        }
+        c.data.luna.cutout_size_vox = (16, 16, 16)
+        c.data.luna.epoch_length = 32
+        c.data.num_workers = 0
+        c.data.preprocess_workers = 0
+        c.data.val_fraction = 0.5
+        c.model.kwargs.channels = 4
+        c.train.epochs = 2
+        c.train.batch_size = 8
+        c.train.log_every_steps = 2
+        c.eval.batch_size = 8
+    return c
