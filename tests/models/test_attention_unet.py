@@ -143,8 +143,9 @@ def test_one_adam_step_lowers_dice_ce_2d():
 
     loss_and_grad = jax.jit(jax.value_and_grad(loss))  # one compilation for both evaluations
     before, grads = loss_and_grad(params)
-    updates, _ = tx.update(grads, tx.init(params), params)
-    after, _ = loss_and_grad(optax.apply_updates(params, updates))
+    # Jitted: eagerly, Adam's per-leaf ops would each be compiled on their own.
+    updates, _ = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
+    after, _ = loss_and_grad(jax.jit(optax.apply_updates)(params, updates))
     assert np.isfinite(before) and after < before
 
 
