@@ -71,8 +71,14 @@ def prepare_data(config: ml_collections.ConfigDict) -> Data:
     )
     manifest = store.build_store(cases, store_dir, spec, workers=config.data.preprocess_workers)
     splits: dict[str, list[dict[str, Any]]] = {}
+    # A crawler that marks every labelled case "train" (Decathlon's imagesTr) gets a validation
+    # split carved out by a stable hash of the case id, like cases without any split.
+    has_val = any(e.get("split") == config.data.val_split for e in manifest["cases"])
     for entry in manifest["cases"]:
-        split = entry.get("split") or _assign_split(entry["id"], config.data.val_fraction)
+        split = entry.get("split")
+        if not split or (split == config.data.train_split and not has_val):
+            split = _assign_split(entry["id"], config.data.val_fraction)
+            split = config.data.val_split if split == "val" else config.data.train_split
         splits.setdefault(split, []).append(entry)
     # Without a test split the validation split is also the test split.
     splits.setdefault(config.data.test_split, splits.get(config.data.val_split, []))
