@@ -23,9 +23,8 @@ import numpy as np
 
 from medjax import errors, registry
 from medjax.data import pipeline, store, synthetic
-from medjax.data.luna import csvs, cutouts, froc
+from medjax.data.luna import csvs, froc
 from medjax.data.luna import sources as luna_sources
-from medjax.data.luna import synthetic as luna_synthetic
 from medjax.metrics import classification
 from medjax.train import step as step_lib
 
@@ -76,6 +75,10 @@ class LunaTask:
     """Data, evaluation and outputs of a LUNA16 config (see the module docstring)."""
 
     def __init__(self, config: ml_collections.ConfigDict):
+        # Imported here: they need SimpleITK, which segmentation-only users never load.
+        from medjax.data.luna import cutouts
+        from medjax.data.luna import synthetic as luna_synthetic
+
         self.config = config
         lc = config.data.luna
         if config.data.root:
