@@ -1,0 +1,25 @@
+"""2D spinal-cord lesion segmentation with UNet++ (Zhou et al. 2018).
+
+The UNet experiment of ``configs/unet.py`` (same data, loss, schedule and variants) with nested
+dense skips. Default (built-in synthetic sagittal T2w slices, 64x64):
+    python launch.py --config=configs/unetpp.py
+  slower than ``configs/unet.py``: depth 4 adds six nested conv blocks at full-size levels.
+
+Deep supervision (``--config.model.kwargs.deep_supervision=True``) is left off: its outputs
+are all full resolution, and the trainer's default level weights (made for outputs of falling
+resolution) would give the shallowest one, X^{0,1}, weight 0.
+
+Tiny (tests, seconds): ``configs/unetpp.py:tiny`` (depth 3, features 4, 32x32).
+"""
+
+from configs import unet as unet_config
+from medjax import config_lib
+
+
+def get_config(arg: str | None = None):
+    args = config_lib.parse_arg(arg, variant="default", tiny=False, full=False)
+    c = unet_config.get_config(arg)
+    c.model.name = "unetpp"
+    if args.tiny or args.variant == "tiny":
+        c.model.kwargs.depth = 3  # UNet's tiny depth 2 would leave no nesting: UNet++ = UNet
+    return c
