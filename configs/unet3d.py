@@ -8,21 +8,29 @@ patch size until sliding-window validation lands; then the patch can shrink to (
 
 Default (CPU-sized):
     python launch.py --config=configs/unet3d.py --workdir=runs/unet3d
-  roughly 3 s per step (batch 4) on 2 CPU cores, 10 steps per epoch, 40 epochs: about 20-25
-  minutes. The lesions are 0.15% of the voxels and their intensity overlaps CSF, discs and fat:
-  the best global threshold scores a Dice of about 0.02 on the validation cases (logged as the
-  threshold baseline); the UNet is expected to reach a validation Dice well above that, but
-  this has not been measured yet (no full run was made; see the TODO below).
+  400 steps of batch 2 (20 epochs of 40 volumes), validation every 5 epochs. Measured with
+  this config's model, loss, augmentations and the trainer's step functions on the built-in
+  data: about 5 s per step pinned to 2 CPU cores (about 35-40 minutes in all), under a minute
+  on one H100. Validation Dice 0.79-0.81 pooled over voxels and 0.83-0.84 per case (two
+  seeds), against 0.027 for the best global threshold on the same cases (logged as the
+  threshold baseline): lesions are 0.15% of the voxels and their intensity overlaps CSF,
+  discs and fat. (Those numbers come from whole-volume batches without Grain and with the
+  validation split of the TODO below in place; batch 4 for 40 epochs scores the same at twice
+  the cost, and features=8 or fewer steps fall to 0.3-0.6.)
 
-Full (nnU-Net-like capacity, for a GPU or your own data):
-    python launch.py --config=configs/unet3d.py:full --config.data.root=/path/to/Task_xx
+Full (more cases and features, elastic deformation; for a GPU):
+    python launch.py --config=configs/unet3d.py:full
+  On your own Decathlon folder add ``--config.data.root=/path/to/Task_xx`` and set the target
+  spacing, size and patch to fit it (volumes must equal the patch until sliding-window
+  validation lands).
 
 Tiny (tests, seconds): ``configs/unet3d.py:tiny``.
 
 TODO(issue 4): the ``nifti_volume`` crawler marks every ``imagesTr`` case "train" and ignores
 dataset.json's ``validation`` list, so there is no "val" split yet and a run stops with "Split
 'val' ... has no usable case". Until the crawler reads that list, a smoke run can validate on
-the training cases with ``--config.data.val_split=train`` (an optimistic number, not a result).
+the training cases with ``--config.data.val_split=train --config.eval.split=train`` (an
+optimistic number, not a result).
 """
 
 from configs import common
@@ -77,11 +85,12 @@ def get_config(arg: str | None = None):
     c.optim.lr = 3e-3
     c.schedule.name = "cosine"
     c.schedule.warmup_steps = 20
-    c.train.epochs = 40
-    c.train.batch_size = 4
+    c.train.epochs = 20
+    # Batch 2 halves the CPU cost per step and, over the same 400 steps, scored as well as 4.
+    c.train.batch_size = 2
     c.train.log_every_steps = 10
     c.train.val_every = 5
-    c.eval.batch_size = 4
+    c.eval.batch_size = 2
     # The Decathlon test folder has no labels the crawler reads; evaluate the validation cases.
     c.eval.split = "val"
     c.ckpt.monitor = "val/dice"
@@ -93,7 +102,9 @@ def get_config(arg: str | None = None):
         c.data.num_workers = 4
         c.model.kwargs.features = 32
         c.model.kwargs.depth = 4
-        c.model.kwargs.deep_supervision = True
+        # c.model.kwargs.deep_supervision = True  # TODO(issue 4): the UNet creates its ds*
+        # heads only when train=True but the state is initialised with train=False, so training
+        # with deep supervision fails (ScopeParamNotFoundError "/ds1"); enable once fixed.
         c.augment = list(c.augment) + ["elastic(p=0.2, alpha=(0.0, 4.0), sigma=(4.0, 6.0))"]
         c.optim.lr = 1e-3
         c.train.batch_size = 8
