@@ -167,3 +167,22 @@ def test_sharded_logits_equal_unsharded_3d():
     with jax.set_mesh(mesh):
         got = jax.jit(forward, in_shardings=(replicated, batch_sh))(variables, sharded)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_options_residual_remat_bf16_trace():
+    model = registry.lookup(
+        "models", "attention_unet", depth=3, features=4, residual=True, remat=True, dtype="bfloat16"
+    )
+    x = jnp.zeros((2, 16, 16, 8, 1), jnp.bfloat16)
+    variables = jax.eval_shape(lambda k: model.init(k, x, train=False), jax.random.key(0))
+
+    def loss(params, stats):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        assert logits.dtype == jnp.float32  # logits are float32 whatever the compute dtype
+        return jnp.mean(logits)
+
+    grads = jax.eval_shape(jax.grad(loss), variables["params"], variables["batch_stats"])
+    assert jax.tree.structure(grads) == jax.tree.structure(variables["params"])
+    assert "proj" in variables["params"]["enc0"]  # residual blocks project 1 -> 4 channels
