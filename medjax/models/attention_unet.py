@@ -75,7 +75,7 @@ def head(out_channels: int, dtype: Any, name: str) -> nn.Module:
 class AttentionGate(nn.Module):
     """Additive attention gate (Oktay et al. 2018, eq. 1-2) on a skip connection.
 
-    On the gating grid: ``q = psi(relu(W_x(x) + W_g(g))) ``, ``alpha = sigmoid(q)``; alpha is
+    On the gating grid: ``q = psi(relu(W_x(x) + W_g(g)))``, ``alpha = sigmoid(q)``; alpha is
     resampled (bi/trilinear, half-pixel centres) to the skip's grid and the gate returns
     ``x * alpha``. ``W_g`` and ``psi`` are 1x1 convs with bias. ``W_x`` maps the skip onto the
     gating grid: a conv with kernel 2 and stride 2 and no bias, as in the authors' code
