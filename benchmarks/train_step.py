@@ -57,7 +57,8 @@ def main(argv):
     batch_sh, repl = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
     bs = config.train.batch_size
     channels = config.model.kwargs.get("in_channels", 1)
-    shape = (bs, *config.data.patch_size, channels)
+    spatial = config.data.luna.cutout_size_vox if config.task == "luna" else config.data.patch_size
+    shape = (bs, *spatial, channels)
     model = loop.build_model(config)
     loss_fn = loop.build_loss(config)
     tx, schedule = optim.make_optimizer(config, 1000)
@@ -103,7 +104,9 @@ def main(argv):
     if FLAGS.end_to_end:
         task = registry.get(f"tasks.{config.task}")(config)
         it = pipeline.TrainIterator(task.train_dataset(global_batch_size=bs, seed=0), batch_sh)
-        state, _ = _time_steps(step, state, lambda i: next(it), key, FLAGS.warmup)
+        # Warm up until every Grain worker has delivered (their start-up is not throughput).
+        warm = FLAGS.warmup + 2 * max(config.data.num_workers, 1)
+        state, _ = _time_steps(step, state, lambda i: next(it), key, warm)
         t = time.perf_counter()
         for _ in range(FLAGS.steps):
             state, metrics = step(state, next(it), key)
@@ -131,7 +134,7 @@ def main(argv):
         "gflop_per_sample": (flops / bs / 1e9) if flops else None,
     }
     print(
-        f"\n{config.model.name} {tuple(config.data.patch_size)} batch {bs} "
+        f"\n{config.model.name} {tuple(spatial)} batch {bs} "
         f"{config.train.precision} "
         f"on {common['device']}  params {n_params:,}  compile {compile_s:.1f}s"
     )

@@ -13,6 +13,8 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
+# Tests run tiny programs a few times: compile time dominates, so compile fast (STYLE.md sec. 10).
+jax.config.update("jax_disable_most_optimizations", True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -71,7 +71,8 @@ class UNet(nn.Module):
             x = layers.UpsampleMatmul(f, self.dtype, name=f"up{level}")(x)
             x = jnp.concatenate([x, skips[level]], axis=-1)
             x = block(f, self.norm, False, self.dtype, name=f"dec{level}")(x, train)
-            if self.deep_supervision and train and level > 0:
+            if self.deep_supervision and level > 0:
+                # Created at init too (train=False), so the parameters exist for training.
                 outputs.append(self._head(x, f"ds{level}"))
         logits = self._head(x, "head")
         if self.deep_supervision and train:
