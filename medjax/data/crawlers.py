@@ -305,14 +305,17 @@ def get_nifti_volume(
         meta = meta_of(info)
         cases: list[Case] = []
         if isinstance(info.get("training"), list) and info["training"]:
-            for entry in info["training"]:
+            # A "validation" list (same entry form) becomes the "val" split.
+            listed = [("train", e) for e in info["training"]]
+            listed += [("val", e) for e in info.get("validation") or [] if isinstance(e, dict)]
+            for split, entry in listed:
                 image = os.path.normpath(os.path.join(root, entry["image"]))
                 label = os.path.normpath(os.path.join(root, entry["label"]))
                 for path in (image, label):
                     if not os.path.isfile(path):
                         raise errors.DataError(f"{path}: listed in dataset.json but missing.")
                 cid = io_lib.strip_extension(image)
-                cases.append({"id": cid, "image": image, "label": label, "split": "train"})
+                cases.append({"id": cid, "image": image, "label": label, "split": split})
         else:
             folder = os.path.join(root, images_dir)
             if not os.path.isdir(folder):
@@ -338,7 +341,20 @@ def get_nifti_volume(
                 _group_channels(_image_files(test_folder, extensions)).items()
             ):
                 image = channels if len(channels) > 1 else channels[0]
-                cases.append({"id": cid, "image": image, "label": None, "split": "test"})
+                # Test labels, when a dataset ships them, sit in labelsTs/<id><ext>.
+                label = (
+                    next(
+                        (
+                            p
+                            for p in _image_files(os.path.join(root, "labelsTs"), extensions)
+                            if io_lib.strip_extension(p) == cid
+                        ),
+                        None,
+                    )
+                    if os.path.isdir(os.path.join(root, "labelsTs"))
+                    else None
+                )
+                cases.append({"id": cid, "image": image, "label": label, "split": "test"})
         if not cases:
             raise errors.DataError(f"{root}: no cases found.")
         for case in cases:

@@ -174,3 +174,7 @@ def make_spine2d(
 def generators() -> dict[str, Callable[..., None]]:
     """The registered generator names (for error messages and docs)."""
     return {n: registry.get(f"synthetic.{n}") for n in registry.names("synthetic")}
+
+
+# Other built-in generators register themselves on import (after ``ensure_dataset`` exists).
+from medjax.data import synthetic3d  # noqa: E402, F401

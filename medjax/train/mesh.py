@@ -21,9 +21,12 @@ def make_mesh(mesh_config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     """
     n = jax.device_count()
     size = n if mesh_config.data == -1 else int(mesh_config.data)
-    if size != n:
+    # Fewer devices than visible is allowed on one process (e.g. comparing 1 vs 8 devices).
+    if size < 1 or size > n or (size != n and jax.process_count() > 1):
         raise errors.ConfigError(f"mesh.data={mesh_config.data} but {n} devices are visible.")
-    return jax.make_mesh((size,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.make_mesh(
+        (size,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:size]
+    )
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -199,10 +199,6 @@ def test_crawler_finds_train_and_test(small_root):
     assert by_split["train"][0]["channel_names"] == {0: "T2"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nifti_volume ignores dataset.json's 'validation' list (issue 4): no 'val' split yet",
-)
 def test_crawler_finds_val_split(small_root):
     cases = registry.lookup("crawlers", "nifti_volume")(small_root)
     val = sorted(c["id"] for c in cases if c["split"] == "val")

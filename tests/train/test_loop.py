@@ -107,3 +107,14 @@ def test_nan_loss_raises_clear_error_and_keeps_checkpoint(tmp_path):
     step, state = _params(workdir)
     assert step == 4
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_one_and_eight_devices_give_the_same_losses(tmp_path):
+    losses = {}
+    for n in (1, 8):
+        workdir = str(tmp_path / f"d{n}")
+        loop.train_and_evaluate(configs.tiny_unet(mesh__data=n, train__epochs=1), workdir)
+        lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+        losses[n] = [x["train/loss"] for x in lines if "train/loss" in x]
+    assert len(losses[1]) == 2
+    np.testing.assert_allclose(losses[1], losses[8], rtol=1e-4)
