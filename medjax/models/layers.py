@@ -1,20 +1,225 @@
 """Building blocks shared by the UNet family, written once for 2D and 3D (channels-last).
 
 The spatial rank comes from the input: ``x`` is ``[B, *spatial, C]`` with 2 or 3 spatial axes.
+
+Convolutions can run in two formulations with the same parameters (``nn.Conv``'s kernel
+``[*k, C_in, C_out]`` and bias ``[C_out]``, so checkpoints do not care which one ran):
+
+* ``xla``: ``lax.conv_general_dilated``, XLA's native convolution (best on GPU/TPU, and for 2D on
+  CPU);
+* ``im2col``: the ``prod(k)`` shifted views of the padded input concatenated on the channel axis
+  and multiplied by the reshaped kernel in one matmul. XLA's CPU backend has no fast 3D
+  convolution, while its matmul is good; on 2 CPU cores this ran a 3x3x3 layer's forward +
+  backward 1.1-2.6x faster (``benchmarks/RESULTS.md``), at the price of a ``prod(k)``-times
+  larger temporary. In 2D XLA's CPU convolution is 3-5x faster than im2col, so ``auto`` keeps it.
+
+``auto`` picks ``im2col`` for 3D convolutions on the CPU backend and ``xla`` otherwise; it is
+decided at trace time from ``jax.default_backend()`` (a Python value, never traced).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 from medjax import errors
 
 NORMS = ("batch", "instance", "group", "none")
+CONV_IMPLS = ("xla", "im2col", "auto")
+
+
+def auto_conv_impl(num_spatial: int, backend: str | None = None) -> str:
+    """What ``impl="auto"`` means for a convolution with ``num_spatial`` spatial axes.
+
+    Args:
+      num_spatial: 2 or 3 (1 is treated like 2).
+      backend: a JAX backend name; None reads ``jax.default_backend()`` (at trace time).
+
+    Returns:
+      ``"im2col"`` for 3D on ``cpu``, else ``"xla"`` (measured: see the module docstring).
+    """
+    backend = jax.default_backend() if backend is None else backend
+    return "im2col" if backend == "cpu" and num_spatial >= 3 else "xla"
+
+
+def _channels_last_numbers(ndim: int) -> lax.ConvDimensionNumbers:
+    # The layout nn.Conv always passes: lhs [B, *S, C], rhs [*k, I, O], out [B, *S, C].
+    lhs = (0, ndim - 1, *range(1, ndim - 1))
+    rhs = (ndim - 1, ndim - 2, *range(ndim - 2))
+    return lax.ConvDimensionNumbers(lhs, rhs, lhs)
+
+
+def _is_trivial(values: Sequence[int] | None) -> bool:
+    return values is None or all(int(v) == 1 for v in values)
+
+
+def im2col_conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    **kwargs: Any,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` computed as shifted views + one matmul (im2col).
+
+    Drop-in for ``nn.Conv(..., conv_general_dilated=...)``. Handles channels-last inputs with any
+    kernel size, stride and padding; configurations it does not cover (dilation, feature groups,
+    other layouts, unknown keyword arguments) are passed on to ``lax.conv_general_dilated``, which
+    computes the same map.
+
+    Args:
+      lhs: ``[B, *S, C_in]`` input.
+      rhs: ``[*k, C_in, C_out]`` kernel.
+      window_strides: stride per spatial axis.
+      padding: ``"SAME"``, ``"VALID"`` or one ``(low, high)`` pair per spatial axis.
+      lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
+        precision, preferred_element_type, **kwargs: as ``lax.conv_general_dilated``.
+
+    Returns:
+      ``[B, *S_out, C_out]``, the cross-correlation ``lax.conv_general_dilated`` computes.
+    """
+    nd = lhs.ndim - 2
+    numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    supported = (
+        numbers == _channels_last_numbers(lhs.ndim)
+        and _is_trivial(lhs_dilation)
+        and _is_trivial(rhs_dilation)
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and not any(v is not None for v in kwargs.values())
+    )
+    if not supported:
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+            **kwargs,
+        )
+    spatial, ksize = lhs.shape[1:-1], rhs.shape[:nd]
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+        pads = lax.padtype_to_pads(spatial, ksize, strides, padding)
+    else:
+        pads = [tuple(int(p) for p in pair) for pair in padding]
+    # Negative padding (a crop) is legal in lax; lax.pad handles both signs, jnp.pad does not.
+    x = lax.pad(
+        lhs, jnp.zeros((), lhs.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
+    )
+    out = [
+        (n + lo + hi - k) // s + 1
+        for n, (lo, hi), k, s in zip(spatial, pads, ksize, strides, strict=True)
+    ]
+    # Views in the kernel's row-major offset order, so the concatenated channel index matches
+    # rhs.reshape(-1, C_out): ((o_0 * k_1 + o_1) * k_2 + o_2) * C_in + c.
+    views = [
+        lax.slice(
+            x,
+            (0, *offset, 0),
+            (
+                x.shape[0],
+                *(o + (m - 1) * s + 1 for o, m, s in zip(offset, out, strides, strict=True)),
+                x.shape[-1],
+            ),
+            (1, *strides, 1),
+        )
+        for offset in itertools.product(*(range(k) for k in ksize))
+    ]
+    patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+    kernel = rhs.reshape(int(np.prod(ksize)) * rhs.shape[-2], rhs.shape[-1])
+    return jnp.matmul(
+        patches, kernel, precision=precision, preferred_element_type=preferred_element_type
+    )
+
+
+def auto_conv_general_dilated(
+    lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any
+) -> jax.Array:
+    """``lax.conv_general_dilated`` or its im2col form, as ``auto_conv_impl`` picks at trace time.
+
+    Same arguments and result as ``lax.conv_general_dilated``.
+    """
+    if auto_conv_impl(lhs.ndim - 2) == "im2col":
+        return im2col_conv_general_dilated(lhs, rhs, *args, **kwargs)
+    return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+
+
+def conv_general_dilated_fn(impl: str) -> Callable[..., jax.Array]:
+    """The ``conv_general_dilated`` function to hand to ``nn.Conv`` for a formulation.
+
+    ``nn.Conv(f, (3, 3, 3), conv_general_dilated=conv_general_dilated_fn("auto"))`` keeps
+    ``nn.Conv``'s parameters, initialisers and dtype handling and changes only how the
+    convolution is computed.
+
+    Args:
+      impl: ``"xla"`` | ``"im2col"`` | ``"auto"`` (im2col for 3D on CPU, else xla).
+
+    Raises:
+      ConfigError: ``impl`` is none of these.
+    """
+    fns = {
+        "xla": lax.conv_general_dilated,
+        "im2col": im2col_conv_general_dilated,
+        "auto": auto_conv_general_dilated,
+    }
+    if impl not in fns:
+        raise errors.ConfigError(f"Unknown conv impl {impl!r}; expected one of {CONV_IMPLS}.")
+    return fns[impl]
+
+
+def conv(
+    features: int,
+    kernel_size: int | Sequence[int],
+    num_spatial: int,
+    *,
+    impl: str = "auto",
+    **kwargs: Any,
+) -> nn.Conv:
+    """An ``nn.Conv`` ('SAME' padding unless given) whose convolution runs as ``impl``.
+
+    Created inside a compact module it is auto-named ``Conv_<i>`` like any ``nn.Conv``, with
+    the kernel ``[*k, C_in, C_out]`` and bias ``[C_out]``: checkpoints are shared across impls.
+
+    Args:
+      features: output channels ``C_out``.
+      kernel_size: one size for every spatial axis, or one per axis.
+      num_spatial: number of spatial axes (2 for ``[B, H, W, C]``, 3 for ``[B, D, H, W, C]``).
+      impl: ``"xla"`` | ``"im2col"`` | ``"auto"``, see ``conv_general_dilated_fn``.
+      **kwargs: other ``nn.Conv`` fields (``strides``, ``use_bias``, ``dtype``, ``name``, ...).
+
+    Returns:
+      The module; call it on ``[B, *spatial, C_in]`` to get ``[B, *spatial_out, C_out]``.
+    """
+    if isinstance(kernel_size, int):
+        kernel_size = (kernel_size,) * num_spatial
+    kwargs.setdefault("padding", "SAME")
+    return nn.Conv(
+        features,
+        tuple(kernel_size),
+        conv_general_dilated=conv_general_dilated_fn(impl),
+        **kwargs,
+    )
 
 
 def make_norm(norm: str, train: bool, groups: int = 8) -> Callable[[jax.Array], jax.Array]:
@@ -35,21 +240,28 @@ def make_norm(norm: str, train: bool, groups: int = 8) -> Callable[[jax.Array], 
 
 
 class ConvNormAct(nn.Module):
-    """Conv (kernel 3, 'SAME') -> norm -> ReLU."""
+    """Conv (kernel 3, 'SAME') -> norm -> ReLU on ``[B, *spatial, C]``.
+
+    ``impl`` picks the convolution's formulation (see the module docstring); the parameters are
+    those of ``nn.Conv`` (``Conv_0/kernel [3, ..., 3, C_in, features]``) whatever it is.
+    """
 
     features: int
     norm: str = "batch"
     strides: int = 1
     dtype: Any = None  # None: computed in the inputs' and parameters' dtype
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        """``float[B, *spatial, C] -> [B, *spatial / strides, features]``."""
         nd = x.ndim - 2
-        x = nn.Conv(
+        x = conv(
             self.features,
-            (3,) * nd,
+            3,
+            nd,
+            impl=self.impl,
             strides=(self.strides,) * nd,
-            padding="SAME",
             use_bias=self.norm == "none",
             dtype=self.dtype,
         )(x)
@@ -64,11 +276,13 @@ class ConvBlock(nn.Module):
     norm: str = "batch"
     residual: bool = False
     dtype: Any = None  # None: computed in the inputs' and parameters' dtype
+    impl: str = "auto"  # convolution formulation, see the module docstring
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        y = ConvNormAct(self.features, self.norm, dtype=self.dtype)(x, train)
-        y = ConvNormAct(self.features, self.norm, dtype=self.dtype)(y, train)
+        """``float[B, *spatial, C] -> [B, *spatial, features]``."""
+        y = ConvNormAct(self.features, self.norm, dtype=self.dtype, impl=self.impl)(x, train)
+        y = ConvNormAct(self.features, self.norm, dtype=self.dtype, impl=self.impl)(y, train)
         if not self.residual:
             return y
         if x.shape[-1] != self.features:

@@ -1,0 +1,172 @@
+"""layers: the im2col convolution equals XLA's and a float64 reference; the impl selector."""
+
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from medjax import errors
+from medjax.models import layers
+
+
+def _numpy_conv(x, k, strides, pads):
+    """Independent float64 cross-correlation: ``x [B, *S, I]``, ``k [*K, I, O]``, explicit pads."""
+    x, k = np.asarray(x, np.float64), np.asarray(k, np.float64)
+    nd = x.ndim - 2
+    x = np.pad(x, [(0, 0), *pads, (0, 0)])
+    out_shape = [(x.shape[1 + a] - k.shape[a]) // strides[a] + 1 for a in range(nd)]
+    out = np.zeros((x.shape[0], *out_shape, k.shape[-1]))
+    for offset in itertools.product(*(range(s) for s in k.shape[:nd])):
+        view = x[
+            (
+                slice(None),
+                *(
+                    slice(o, o + (m - 1) * s + 1, s)
+                    for o, m, s in zip(offset, out_shape, strides, strict=True)
+                ),
+            )
+        ]
+        out += view @ k[offset]
+    return out
+
+
+def _same_pads(spatial, ksize, strides):
+    # TensorFlow/XLA 'SAME': output ceil(n / s), the odd extra voxel of padding goes after.
+    pads = []
+    for n, k, s in zip(spatial, ksize, strides, strict=True):
+        total = max((-(-n // s) - 1) * s + k - n, 0)
+        pads.append((total // 2, total - total // 2))
+    return pads
+
+
+CASES = [
+    # (input shape, kernel size, strides, padding)
+    ((2, 7, 6, 3), (3, 3), (1, 1), "SAME"),
+    ((2, 7, 6, 3), (3, 3), (2, 2), "SAME"),
+    ((1, 8, 9, 2), (2, 4), (1, 2), "SAME"),  # even kernels: uneven SAME padding
+    ((2, 5, 6, 7, 2), (3, 3, 3), (1, 1, 1), "SAME"),
+    ((1, 6, 5, 7, 3), (3, 1, 3), (2, 1, 2), "SAME"),
+    ((1, 6, 5, 4, 2), (3, 3, 3), (1, 1, 1), "VALID"),
+    ((1, 6, 5, 4, 2), (3, 3, 3), (1, 1, 1), ((1, 0), (2, 1), (0, 0))),
+]
+
+
+@pytest.mark.parametrize("shape,ksize,strides,padding", CASES)
+def test_im2col_equals_float64_reference_and_xla(shape, ksize, strides, padding):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    k = rng.standard_normal((*ksize, shape[-1], 4)).astype(np.float32)
+    nd = len(ksize)
+    numbers = ("NHWC", "HWIO", "NHWC") if nd == 2 else ("NDHWC", "DHWIO", "NDHWC")
+    ours = layers.im2col_conv_general_dilated(x, k, strides, padding, dimension_numbers=numbers)
+    xla = lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=numbers)
+    if padding == "SAME":
+        pads = _same_pads(shape[1:-1], ksize, strides)
+    elif padding == "VALID":
+        pads = [(0, 0)] * nd
+    else:
+        pads = padding
+    ref = _numpy_conv(x, k, strides, pads)
+    assert ours.shape == ref.shape == xla.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(xla, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_unsupported_configuration_falls_back_to_lax():
+    # Dilation is not im2col's business: the same map must still come out (via lax).
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 9, 9, 2)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 2, 3)).astype(np.float32)
+    numbers = ("NHWC", "HWIO", "NHWC")
+    kw = dict(rhs_dilation=(2, 2), dimension_numbers=numbers)
+    ours = layers.im2col_conv_general_dilated(x, k, (1, 1), "SAME", **kw)
+    ref = lax.conv_general_dilated(x, k, (1, 1), "SAME", **kw)
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+    # Manual check of one output voxel of the dilated map, away from the border.
+    manual = sum(
+        x[0, 4 + 2 * (i - 1), 4 + 2 * (j - 1)] @ k[i, j] for i in range(3) for j in range(3)
+    )
+    np.testing.assert_allclose(ours[0, 4, 4], manual, rtol=1e-5)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_conv_impls_equal_nn_conv_values_and_gradients(nd):
+    x = jax.random.normal(jax.random.key(0), (2, *(6,) * nd, 3))
+    ref_mod = nn.Conv(5, (3,) * nd, padding="SAME")
+    variables = jax.jit(ref_mod.init)(jax.random.key(1), x)
+
+    def loss(mod, params, x):
+        y = mod.apply({"params": params}, x)
+        return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size)
+
+    ref_val, ref_grads = jax.value_and_grad(loss, argnums=(1, 2))(ref_mod, variables["params"], x)
+    for impl in layers.CONV_IMPLS:
+        mod = layers.conv(5, 3, nd, impl=impl)
+        mine = jax.jit(mod.init)(jax.random.key(1), x)
+        # Same parameter names, shapes and initial values as nn.Conv: checkpoints are shared.
+        jax.tree.map(np.testing.assert_array_equal, mine, variables)
+        val, grads = jax.jit(jax.value_and_grad(loss, argnums=(1, 2)), static_argnums=0)(
+            mod, variables["params"], x
+        )
+        np.testing.assert_allclose(val, ref_val, rtol=1e-5)
+        for g, rg in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+            np.testing.assert_allclose(g, rg, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_conv_norm_act_impls_share_parameters_and_outputs(nd):
+    x = jax.random.normal(jax.random.key(2), (2, *(4,) * nd, 2))
+    outs, trees = {}, {}
+    for impl in ("xla", "im2col"):
+        mod = layers.ConvBlock(4, norm="instance", impl=impl)
+        variables = jax.jit(mod.init, static_argnames="train")(jax.random.key(3), x, train=False)
+        trees[impl] = jax.tree.map(np.shape, variables)
+        grad = jax.jit(
+            jax.grad(lambda p, m=mod: jnp.sum(m.apply({"params": p}, x, train=True) ** 2))
+        )
+        outs[impl] = grad(variables["params"])
+    assert trees["xla"] == trees["im2col"]
+    kernel = trees["xla"]["params"]["ConvNormAct_0"]["Conv_0"]["kernel"]
+    assert kernel == (*(3,) * nd, 2, 4)
+    for a, b in zip(jax.tree.leaves(outs["xla"]), jax.tree.leaves(outs["im2col"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_picks_im2col_for_3d_on_cpu_only():
+    assert layers.auto_conv_impl(3, "cpu") == "im2col"
+    assert layers.auto_conv_impl(2, "cpu") == "xla"
+    assert layers.auto_conv_impl(3, "gpu") == "xla"
+    assert layers.auto_conv_impl(3, "tpu") == "xla"
+    assert jax.default_backend() == "cpu"  # conftest pins the CPU backend
+    # Decided at trace time: the traced 3D program has no convolution, the 2D one has.
+    for nd, has_conv in ((3, False), (2, True)):
+        x = jnp.zeros((1, *(4,) * nd, 2))
+        mod = layers.conv(3, 3, nd, impl="auto")
+        variables = jax.eval_shape(mod.init, jax.random.key(0), x)
+        jaxpr = str(jax.make_jaxpr(mod.apply)(variables, x))
+        assert ("conv_general_dilated" in jaxpr) == has_conv
+
+
+def test_bfloat16_follows_nn_conv_dtype_rules():
+    x = jax.random.normal(jax.random.key(4), (1, 4, 4, 4, 3))
+    for impl in ("xla", "im2col"):
+        mod = layers.ConvNormAct(4, norm="none", dtype=jnp.bfloat16, impl=impl)
+        variables = jax.jit(mod.init, static_argnames="train")(jax.random.key(5), x, train=False)
+        y = jax.jit(mod.apply, static_argnames="train")(variables, x, train=False)
+        assert y.dtype == jnp.bfloat16
+        mod32 = layers.ConvNormAct(4, norm="none", impl=impl)
+        y32 = jax.jit(mod32.apply, static_argnames="train")(variables, x, train=False)
+        np.testing.assert_allclose(y.astype(jnp.float32), y32, rtol=0.05, atol=0.05)
+
+
+def test_unknown_impl_is_a_config_error():
+    with pytest.raises(errors.ConfigError, match="im2col"):
+        layers.conv_general_dilated_fn("winograd")
+    with pytest.raises(errors.ConfigError, match="winograd"):
+        layers.ConvNormAct(4, impl="winograd").init(
+            jax.random.key(0), jnp.zeros((1, 4, 4, 1)), train=False
+        )
