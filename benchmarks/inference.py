@@ -1,0 +1,150 @@
+"""Sliding-window inference throughput of the 3D UNet: volumes/s on a CT-sized volume.
+
+    python benchmarks/inference.py [--shape=32,96,96] [--ct] [--batch=4] [--precision=bfloat16]
+
+The model is ``configs/unet3d.py``'s (random weights: speed does not depend on them), the tile
+its patch size unless ``--tile`` is given. The whole volume goes through
+``medjax.evaluate.sliding_window.sliding_window_predict`` (Gaussian blending, ``--overlap`` 0.5,
+fixed window batches, host-side blending), as evaluation does. ``--ct`` uses a CT-sized
+``300 x 512 x 512`` volume (for a GPU: thousands of windows); the CPU default is small.
+Compilation is excluded (one warm-up call of the jitted predictor); the best of ``--repeats``
+whole-volume runs is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import run_all  # noqa: E402
+
+CT_SHAPE = (300, 512, 512)
+
+
+def run(
+    *,
+    ct: bool = False,
+    shape: Sequence[int] = (32, 96, 96),
+    tile: Sequence[int] | None = None,
+    batch: int = 4,
+    overlap: float = 0.5,
+    precision: str = "float32",
+    repeats: int = 2,
+    out: str | None = run_all.RESULTS,
+) -> list[dict[str, Any]]:
+    """Times sliding-window prediction of one volume; the row is appended to ``out``.
+
+    Args:
+      ct: use ``300 x 512 x 512`` instead of ``shape``.
+      shape: volume ``(D, H, W)`` (one channel).
+      tile: window size; None: the config's patch size.
+      batch: windows per device call.
+      overlap: window overlap fraction (``step_fraction = 1 - overlap``).
+      precision: ``float32`` or ``bfloat16`` (parameters and windows cast; logits float32).
+      repeats: whole-volume runs; the fastest counts.
+      out: JSONL file (None: do not write).
+
+    Returns:
+      One result row: ``value`` volumes/s, with windows/s and voxels/s.
+    """
+    run_all.ensure_importable()
+    import jax
+    import jax.numpy as jnp
+
+    from medjax import registry
+    from medjax.evaluate import sliding_window
+    from medjax.testing import configs as configs_lib
+
+    config = configs_lib.load_config("unet3d")
+    shape = CT_SHAPE if ct else tuple(shape)
+    tile = tuple(tile or config.data.patch_size)
+    model = registry.lookup("models", config.model.name, **config.model.kwargs.to_dict())
+    dtype = jnp.dtype(precision)
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *tile, 1)), train=False))(
+        jax.random.key(0)
+    )
+    variables = jax.tree.map(lambda v: v.astype(dtype), variables)
+
+    @jax.jit
+    def predict(windows: jax.Array) -> jax.Array:
+        logits = model.apply(variables, windows.astype(dtype), train=False)
+        return logits.astype(jnp.float32)
+
+    t = time.perf_counter()
+    jax.block_until_ready(predict(jnp.zeros((batch, *tile, 1))))
+    compile_s = time.perf_counter() - t
+    image = np.random.default_rng(0).standard_normal((*shape, 1), dtype=np.float32)
+    step = 1.0 - overlap
+    num_windows = int(np.prod([len(s) for s in sliding_window.window_starts(shape, tile, step)]))
+
+    def whole_volume():
+        sliding_window.sliding_window_predict(
+            predict,
+            image,
+            tile_size=tile,
+            num_classes=config.model.kwargs.out_channels,
+            step_fraction=step,
+            batch_size=batch,
+        )
+
+    seconds = run_all.best_time(whole_volume, repeats)
+    row = {
+        "benchmark": "inference",
+        "setting": f"unet3d sliding window {shape} tile {tile} b{batch} {precision}",
+        "value": 1.0 / seconds,
+        "unit": "volumes/s",
+        "extra": f"{num_windows / seconds:.1f} windows/s, {seconds:.1f} s/volume, "
+        f"compile {compile_s:.1f}s",
+        "shape": list(shape),
+        "tile": list(tile),
+        "batch": batch,
+        "overlap": overlap,
+        "precision": precision,
+        "windows": num_windows,
+        "seconds_per_volume": seconds,
+        "mvoxels_per_s": float(np.prod(shape)) / seconds / 1e6,
+        "compile_s": compile_s,
+    }
+    run_all.write_rows([row], out)
+    return [row]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def main() -> None:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ct", action="store_true", help=f"volume {CT_SHAPE} (D, H, W)")
+    parser.add_argument("--shape", type=_ints, default=(32, 96, 96), help="D,H,W")
+    parser.add_argument("--tile", type=_ints, default=None, help="D,H,W (default: config patch)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=run_all.RESULTS, help="JSONL file ('' for none)")
+    args = parser.parse_args()
+    rows = run(
+        ct=args.ct,
+        shape=args.shape,
+        tile=args.tile,
+        batch=args.batch,
+        overlap=args.overlap,
+        precision=args.precision,
+        repeats=args.repeats,
+        out=args.out,
+    )
+    run_all.print_table(rows, "Sliding-window inference")
+
+
+if __name__ == "__main__":
+    main()
