@@ -113,7 +113,14 @@ def process_case(
         entry["classes"] = sorted(int(c) for c in np.unique(label_arr))
     _write_json(os.path.join(tmp, "case.json"), entry)
     shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        # Another process built the same case at the same moment (two runs sharing a store):
+        # keep theirs if it is the same input, else this is a real error.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _load_existing(store_dir, case_id, signature) is None:
+            raise
     return entry
 
 
