@@ -192,6 +192,9 @@ class LunaTask:
             probs.append(scores)
             rows.append(store_rows)
         metrics = {k: float(v) for k, v in acc.result().items() if np.isscalar(v)}
+        # The confusion matrix as scalars confusion/<true>_<pred>, so it is logged every epoch.
+        for (t, p), count in np.ndenumerate(acc.confusion_matrix()):
+            metrics[f"confusion/{t}_{p}"] = float(count)
         metrics["loss"] = loss_sum / max(len(source), 1)
         probs_all, rows_all = np.concatenate(probs), np.concatenate(rows)
         per_case = [
