@@ -421,6 +421,13 @@ def read_dicom_series(
             raise errors.DataError(f"{path}: no series {uid}; found: {listing}.")
         members = headers[uid]
         label = f"series {uid} in {path}"
+        if scan.skipped:
+            try:
+                return _stack(members, label, path, spacing_rtol)
+            except errors.DataError as e:
+                # A slice that failed to parse (truncated header) shows up as a gap: name it.
+                skipped = "; ".join(f"{p}: {r}" for p, r in sorted(scan.skipped.items()))
+                raise errors.DataError(f"{e} Unreadable files in this folder: {skipped}") from e
     return _stack(members, label, path, spacing_rtol)
 
 
