@@ -60,7 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.name = "dice_ce"
     c.loss.kwargs = ml_collections.ConfigDict()
 
-    c.augment = []  # list of "op(k=v)" specs applied on device in training only
+    # "op(k=v)" specs applied on device in training only. A tuple, so that
+    # --config.augment='("flip(p=0.5)",)' can override it (lists cannot be).
+    c.augment = ()
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adam"
