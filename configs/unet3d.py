@@ -2,35 +2,30 @@
 
 Data: the built-in ``synthetic.lesion3d`` Decathlon folder (axial T2w, 2.0 x 0.8 x 0.8 mm,
 oblique and partly flipped affines; generated into the cache on first use, about 10 s), read by
-the ``nifti_volume`` crawler, reoriented to LPS, z-scored and resampled to 2.0 x 1.0 x 1.0 mm:
-24 x 64 x 64 voxels, which is also the patch size (validation runs on whole volumes of the
-patch size until sliding-window validation lands; then the patch can shrink to (24, 48, 48)).
+the ``nifti_volume`` crawler (dataset.json training/validation lists, imagesTs + labelsTs),
+reoriented to LPS, z-scored and resampled to 2.0 x 1.0 x 1.0 mm: 24 x 64 x 64 voxels.
 
-Default (CPU-sized):
+Default (CPU-sized: 16x48x48 patches, 8 base features, depth 3, batch 2, 20 epochs of 20 steps;
+validation by Gaussian sliding windows over whole volumes, with HD95/ASSD in mm):
     python launch.py --config=configs/unet3d.py --workdir=runs/unet3d
-  400 steps of batch 2 (20 epochs of 40 volumes), validation every 5 epochs. Measured with
-  this config's model, loss, augmentations and the trainer's step functions on the built-in
-  data: about 5 s per step pinned to 2 CPU cores (about 35-40 minutes in all), under a minute
-  on one H100. Validation Dice 0.79-0.81 pooled over voxels and 0.83-0.84 per case (two
-  seeds), against 0.027 for the best global threshold on the same cases (logged as the
-  threshold baseline): lesions are 0.15% of the voxels and their intensity overlaps CSF,
-  discs and fat. (Those numbers come from whole-volume batches without Grain and with the
-  validation split of the TODO below in place; batch 4 for 40 epochs scores the same at twice
-  the cost, and features=8 or fewer steps fall to 0.3-0.6.)
+  Measured 2026-11-23 on 2 CPU cores shared with other jobs (load ~7): 0.37 steps/s; validation
+  Dice 0.19 after 5 epochs (~6 min) and 0.27 after 10 (~11 min), against 0.027 for the best
+  global threshold on the same cases (logged as the baseline): lesions are 0.15% of the voxels
+  and their intensity overlaps CSF, discs and fat. Test-split predictions are written as NIfTI
+  with each input's affine.
 
-Full (more cases and features, elastic deformation; for a GPU):
+Long (``:long``: whole 24x64x64 volumes as patches, 16 features, depth 4, 400 steps):
+    python launch.py --config=configs/unet3d.py:long
+  Measured by a helper with this config's model, loss and augmentations on an H100 (whole-volume
+  batches, outside launch.py): validation Dice 0.79-0.81 pooled, under a minute of GPU time;
+  about 35-40 minutes on 2 CPU cores.
+
+Full (more cases and features, deep supervision, elastic deformation; for a GPU):
     python launch.py --config=configs/unet3d.py:full
   On your own Decathlon folder add ``--config.data.root=/path/to/Task_xx`` and set the target
-  spacing, size and patch to fit it (volumes must equal the patch until sliding-window
-  validation lands).
+  spacing and patch size to fit it.
 
 Tiny (tests, seconds): ``configs/unet3d.py:tiny``.
-
-TODO(issue 4): the ``nifti_volume`` crawler marks every ``imagesTr`` case "train" and ignores
-dataset.json's ``validation`` list, so there is no "val" split yet and a run stops with "Split
-'val' ... has no usable case". Until the crawler reads that list, a smoke run can validate on
-the training cases with ``--config.data.val_split=train --config.eval.split=train`` (an
-optimistic number, not a result).
 """
 
 from configs import common
@@ -38,7 +33,7 @@ from medjax import config_lib
 
 
 def get_config(arg: str | None = None):
-    """The experiment config; ``arg`` picks ``variant=default|tiny|full`` (or ``tiny``/``full``)."""
+    """The experiment config; ``arg`` picks ``variant=default|long|tiny|full``."""
     args = config_lib.parse_arg(arg, variant="default", tiny=False, full=False, long=False)
     c = common.base_config()
     c.data.synthetic = "lesion3d"
@@ -49,8 +44,8 @@ def get_config(arg: str | None = None):
     # anatomy line up across cases, so flips become an augmentation choice, not a data accident.
     c.data.preprocess.reorient = "LPS"
     c.data.preprocess.target_spacing_mm = (2.0, 1.0, 1.0)  # keep the thick slices, 1 mm in-plane
-    # The spacing alone gives 24 x 64 x 64 for the built-in data; target_size pins the shape so
-    # that every case equals the patch size (whole-volume validation, see the module docstring).
+    # The spacing alone gives 24 x 64 x 64 for the built-in data; target_size pins the shape
+    # (``:long`` trains on whole volumes; the default samples smaller patches).
     c.data.preprocess.target_size = (24, 64, 64)
     c.data.preprocess.normalization = {"name": "zscore"}
     c.data.preprocess.label_mode = "binary"
