@@ -9,9 +9,11 @@ Convolutions can run in two formulations with the same parameters (``nn.Conv``'s
   CPU);
 * ``im2col``: the ``prod(k)`` shifted views of the padded input concatenated on the channel axis
   and multiplied by the reshaped kernel in one matmul. XLA's CPU backend has no fast 3D
-  convolution, while its matmul is good; on 2 CPU cores this ran a 3x3x3 layer's forward +
-  backward 1.1-2.6x faster (``benchmarks/RESULTS.md``), at the price of a ``prod(k)``-times
-  larger temporary. In 2D XLA's CPU convolution is 3-5x faster than im2col, so ``auto`` keeps it.
+  convolution gradient, while its matmul is good: on 2 CPU cores a 3x3x3 layer's forward +
+  backward ran 1.0-3.7x faster this way (``benchmarks/RESULTS.md``), at the price of a
+  ``prod(k)``-times larger temporary. In 2D XLA's CPU convolution is up to 4x faster than
+  im2col, so ``auto`` keeps it; a 3D *forward alone* (inference) is also faster with ``xla``
+  once ``C_in >= 8``, so CPU evaluation may prefer ``impl="xla"``.
 
 ``auto`` picks ``im2col`` for 3D convolutions on the CPU backend and ``xla`` otherwise; it is
 decided at trace time from ``jax.default_backend()`` (a Python value, never traced).
