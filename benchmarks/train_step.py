@@ -121,7 +121,7 @@ def main(argv):
     device = jax.devices()[0]
     common = {
         "config": config.model.name,
-        "patch": list(config.data.patch_size),
+        "patch": list(spatial),
         "batch": bs,
         "precision": config.train.precision,
         "params": int(n_params),

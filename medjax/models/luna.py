@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medjax import registry
-from medjax.models import classifiers
+from medjax.models import classifiers, layers
 
 # The book's init: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu").
 _KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -62,6 +62,9 @@ class LunaBlock(nn.Module):
                 padding=1,
                 kernel_init=_KAIMING_FAN_OUT,
                 bias_init=_book_bias(self.features * 3**nd),
+                # 3D on CPU: shifted views + one matmul (1.5x per LunaModel step on 2 cores,
+                # benchmarks/RESULTS.md); XLA's convolution elsewhere. Same parameters.
+                conv_general_dilated=layers.auto_conv_general_dilated,
                 name=name,
             )(x)
             x = nn.relu(x)
