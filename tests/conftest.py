@@ -25,6 +25,7 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords and not on_gpu:
             item.add_marker(skip_gpu)
 
+
 # Compiled programs are cached across the many short runs of the suite.
 jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["MEDJAX_CACHE"], "jax"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
