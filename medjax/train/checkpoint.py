@@ -121,9 +121,8 @@ class Checkpointer:
             ) from e
         return restored["state"], (restored["data"] if has_data else None)
 
-    def restore_params(self, step: int, abstract_params: Any) -> Any:
-        """Restores only ``params`` (and ``batch_stats``) for fine-tuning another model."""
-        del abstract_params
+    def restore_raw(self, step: int) -> Any:
+        """Restores the saved state as host arrays, without a target (fine-tuning another model)."""
         restored = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
         )

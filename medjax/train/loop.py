@@ -147,19 +147,19 @@ def _init_from(
     step = other.best_step() if step is None else step
     if step is None:
         raise errors.CheckpointError(f"init_from={path!r}: no checkpoint in {ckpt_dir}.")
-    loaded = other.restore_params(step, None)
-    other.close()
-    if not params_only:
-        try:
-            restored, _ = ckpt_lib.Checkpointer(ckpt_dir, run.config.ckpt, read_only=True).restore(
-                step, run.abstract_state
-            )
-            logging.info("init_from: continued from %s step %d (full state)", ckpt_dir, step)
-            return restored
-        except errors.CheckpointError as e:
-            logging.warning(
-                "init_from: full state does not match (%s); loading parameters only.", e
-            )
+    try:
+        if not params_only:
+            try:
+                restored, _ = other.restore(step, run.abstract_state)
+                logging.info("init_from: continued from %s step %d (full state)", ckpt_dir, step)
+                return restored
+            except errors.CheckpointError as e:
+                logging.warning(
+                    "init_from: full state does not match (%s); loading parameters only.", e
+                )
+        loaded = other.restore_raw(step)
+    finally:
+        other.close()
 
     def merge(fresh: Any, old: Any, name: str) -> Any:
         fresh_flat = traverse_util.flatten_dict(jax.device_get(fresh), sep="/")
@@ -313,10 +313,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if not (epoch + 1) % config.ckpt.every_epochs == 0:
                     run.ckpt.save(step, state, it.get_state(), metrics=last_val or None)
                 break
+    except BaseException:
+        run.ckpt.close()  # waits for pending saves: the last good checkpoint stays whole
+        raise
     finally:
         it.close()
-        run.ckpt.wait()
         writer.close()
+    run.ckpt.wait()
     summary = {
         "workdir": run.workdir,
         "final_step": step,
