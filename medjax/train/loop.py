@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -195,8 +196,20 @@ def _init_from(
 # ---------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    on_validation: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
     """Trains (resuming from ``workdir`` if it holds a checkpoint), validates, checkpoints.
+
+    Args:
+      config: the experiment config.
+      workdir: the run folder (the run's identity: a checkpoint there is resumed).
+      on_validation: called as ``on_validation(epoch, step, metrics)`` (1-based epoch, the
+        ``val/...`` metrics) right after each validation is written; a sweep reports to its
+        scheduler through it.
 
     Returns:
       A summary: best metric and step, final step, checkpoint folder, last validation metrics.
@@ -293,6 +306,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 )
                 last_val = {f"val/{k}": v for k, v in last_val.items()}
                 writer.write_scalars(step, last_val)
+                if on_validation is not None:
+                    on_validation(epoch + 1, step, last_val)
                 writer.write_images(
                     step, run.task.images(config.data.val_split, preds, config.log.num_images)
                 )
