@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from medjax import distributed
 from medjax.data import pipeline, sources
 from medjax.metrics import confusion
 
@@ -39,7 +40,9 @@ def evaluate_split(
     predictions: dict[int, np.ndarray] = {}
     loss_sum = 0.0
     for host_batch in pipeline.eval_batches(source, batch_size):
-        out = jax.device_get(eval_fn(state, pipeline.to_global(host_batch, sharding)))
+        out = distributed.to_host(
+            eval_fn(state, distributed.global_from_host(host_batch, sharding))
+        )
         valid = host_batch["valid"]
         counts = {k: np.asarray(out[k], np.float64)[valid] for k in totals}  # [n, K']
         for k in totals:

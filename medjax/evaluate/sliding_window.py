@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from scipy import ndimage
 
-from medjax import errors
+from medjax import distributed, errors
 
 
 def window_starts(
@@ -216,13 +216,17 @@ def sliding_window_predict(
         for axes in flips:
             batch_axes = tuple(a + 1 for a in axes)
             x = np.flip(windows, batch_axes) if axes else windows
-            outs.append(predict_fn(jax.device_put(np.ascontiguousarray(x), sharding)))
+            x = np.ascontiguousarray(x)
+            placed = (
+                jax.device_put(x) if sharding is None else distributed.global_from_host(x, sharding)
+            )
+            outs.append(predict_fn(placed))
         return outs
 
     def blend(batch_corners: list[tuple[int, ...]], outs: list[jax.Array]) -> None:
         total = None
         for axes, out in zip(flips, outs, strict=True):
-            out = np.asarray(jax.device_get(out), dtype=np.float32)
+            out = np.asarray(distributed.to_host(out), dtype=np.float32)
             if out.shape != (batch_size, *tile, num_classes):
                 raise ValueError(
                     f"predict_fn returned shape {out.shape}, expected "

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medjax import errors, registry
+from medjax import distributed, errors, registry
 from medjax.data import pipeline, store, synthetic
 from medjax.data.luna import csvs, froc
 from medjax.data.luna import sources as luna_sources
@@ -184,7 +184,9 @@ class LunaTask:
         )
         loss_sum, rows, probs = 0.0, [], []
         for host, store_rows in self._batches(source, batch_size):
-            out = jax.device_get(fns["step"](state, pipeline.to_global(host, sharding)))
+            out = distributed.to_host(
+                fns["step"](state, distributed.global_from_host(host, sharding))
+            )
             valid = host["valid"]
             acc.update(out["logits"], host["label"], valid=valid)
             loss_sum += float(np.asarray(out["loss"])[valid].sum())

@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from medjax import errors, registry
+from medjax import distributed, errors, registry
 from medjax.augment import compose as augment_lib
 from medjax.data import pipeline
 from medjax.losses import compound
@@ -58,7 +58,9 @@ class _Run:
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         # -- task: data, evaluation and outputs (segmentation, LUNA16, ...) --
-        self.task = registry.get(f"tasks.{config.task}")(config)
+        # Process 0 generates the built-in data and builds the store; the others then reuse it.
+        task_factory = registry.get(f"tasks.{config.task}")
+        self.task = distributed.primary_first(lambda: task_factory(config), "medjax-prepare-data")
         self.channels = self.task.channels
         in_ch = config.model.kwargs.get("in_channels", self.channels)
         if in_ch != self.channels:
@@ -188,7 +190,7 @@ def _init_from(
         else state.batch_stats
     )
     new = state.replace(params=params, batch_stats=stats)
-    return jax.device_put(new, run.state_sh)
+    return jax.tree.map(distributed.global_from_host, new, run.state_sh)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +218,7 @@ def train_and_evaluate(
     """
     run = _Run(config, workdir, for_training=True)
     writer = metric_writer.MetricWriter(run.workdir)
-    if jax.process_index() == 0:
+    if distributed.is_main():
         with open(os.path.join(run.workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=1))
     # -- state: resume > init_from > fresh --
@@ -228,7 +230,7 @@ def train_and_evaluate(
         state, data_state = run.ckpt.restore(latest, run.abstract_state)
         start_step = int(jax.device_get(state.step))
         logging.info("Resuming from %s at step %d", run.ckpt.directory, start_step)
-        print(f"medjax: resuming {run.workdir} from step {start_step}", file=sys.stderr)
+        _say(f"medjax: resuming {run.workdir} from step {start_step}")
     elif config.init_from:
         state = _init_from(run, state, config.init_from, config.init_params_only)
     if start_step == 0:
@@ -296,7 +298,7 @@ def train_and_evaluate(
                             time.time() - epoch_start_time,
                             scalars["loss"],
                         )
-            print(file=sys.stderr)
+            _say("")
             is_last = epoch + 1 == config.train.epochs
             if (epoch + 1) % config.train.val_every == 0 or is_last:
                 last_val, _, preds = run.evaluate(
@@ -311,9 +313,8 @@ def train_and_evaluate(
                 writer.write_images(
                     step, run.task.images(config.data.val_split, preds, config.log.num_images)
                 )
-                print(
-                    f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_val.items()),
-                    file=sys.stderr,
+                _say(
+                    f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_val.items())
                 )
                 mon = last_val.get(config.ckpt.monitor)
                 if mon is not None and (
@@ -324,7 +325,7 @@ def train_and_evaluate(
                 run.ckpt.save(step, state, it.get_state(), metrics=last_val or None)
             writer.flush()
             if early.should_stop(last_val):
-                print(f"medjax: early stopping after epoch {epoch + 1}", file=sys.stderr)
+                _say(f"medjax: early stopping after epoch {epoch + 1}")
                 if not (epoch + 1) % config.ckpt.every_epochs == 0:
                     run.ckpt.save(step, state, it.get_state(), metrics=last_val or None)
                 break
@@ -392,7 +393,15 @@ class _EarlyStopping:
         return self.bad >= self.patience
 
 
+def _say(message: str) -> None:
+    """Progress for the user: printed by the main process only."""
+    if distributed.is_main():
+        print(message, file=sys.stderr)
+
+
 def _progress(epoch: int, epochs: int, done: int, total: int, elapsed: float, loss: float) -> None:
+    if not distributed.is_main():
+        return
     rate = done / max(elapsed, 1e-9)
     eta = (total - done) / max(rate, 1e-9)
     bar = "#" * int(20 * done / total) + "." * (20 - int(20 * done / total))
@@ -406,7 +415,7 @@ def _progress(epoch: int, epochs: int, done: int, total: int, elapsed: float, lo
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    if jax.process_index() != 0:
+    if not distributed.is_main():
         return
     lines = ["", "medjax: training finished"]
     if summary["best_value"] is not None:
@@ -448,22 +457,23 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state, split, keep_predictions=config.eval.write_predictions
     )
     out_dir = os.path.join(run.workdir, "eval", f"{split}-step{step}")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump({"step": step, "split": split, **metrics}, f, indent=1)
-    with open(os.path.join(out_dir, "per_case.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(per_case[0]))
-        w.writeheader()
-        w.writerows(per_case)
-    run.task.write_outputs(split, preds, per_case, out_dir)
+    # Every process computed the same metrics (outputs are all-gathered); one writes them.
+    if distributed.is_main():
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            json.dump({"step": step, "split": split, **metrics}, f, indent=1)
+        with open(os.path.join(out_dir, "per_case.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(per_case[0]))
+            w.writeheader()
+            w.writerows(per_case)
+        run.task.write_outputs(split, preds, per_case, out_dir)
     writer = metric_writer.MetricWriter(run.workdir)
     writer.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()})
     writer.close()
     run.ckpt.close()
-    print(
+    _say(
         f"medjax: {split} metrics of step {step}: "
-        + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
-        file=sys.stderr,
+        + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     )
-    print(f"medjax: wrote {out_dir}", file=sys.stderr)
+    _say(f"medjax: wrote {out_dir}")
     return {"step": step, "dir": out_dir, **metrics}
