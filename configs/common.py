@@ -48,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.luna.epoch_length = 0  # cutouts per training epoch; 0: the training split's size
     c.data.luna.fold = -1  # >= 0: LUNA16's 10-fold split by subset; -1: data.val_fraction by series
     c.data.luna.n_bootstrap = 0  # FROC bootstrap resamples over scans for the CI
+    # task=classification: whole images of a classification_folder, one class each.
+    c.data.classification = ml_collections.ConfigDict()
+    c.data.classification.ratio = ()  # class ratio per training epoch, e.g. (1, 1); (): as found
+    c.data.classification.epoch_length = 0  # samples per epoch with a ratio; 0: the split's size
     c.data.train_split = "train"
     c.data.val_split = "val"
     c.data.test_split = "test"

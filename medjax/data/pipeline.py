@@ -2,7 +2,8 @@
 
 ``prepare_data`` crawls the data root (or generates the built-in dataset), builds the
 preprocessing store and splits its cases. ``make_train_iterator`` is the seeded, checkpointable
-Grain loader of patches; ``eval_batches`` walks a split exactly once in padded batches.
+Grain loader of patches (``make_sample_dataset``: of whole samples with a class each, optionally
+class-balanced); ``eval_batches`` walks a split exactly once in padded batches.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grain
@@ -21,6 +22,9 @@ from absl import flags
 
 from medjax import errors, registry
 from medjax.data import sources, store, synthetic, transforms
+from medjax.data.luna import sources as luna_sources
+
+_EPOCHS_AHEAD = 1_000_000  # BalancedIndices is "endless": this many epochs
 
 
 @dataclasses.dataclass
@@ -74,7 +78,14 @@ def prepare_data(config: ml_collections.ConfigDict) -> Data:
     # A crawler that marks every labelled case "train" (Decathlon's imagesTr) gets a validation
     # split carved out by a stable hash of the case id, like cases without any split.
     has_val = any(e.get("split") == config.data.val_split for e in manifest["cases"])
+    crawled = {c["id"]: c for c in cases}
     for entry in manifest["cases"]:
+        case = crawled[entry["id"]]
+        if isinstance(case.get("label"), int):
+            # A class index (classification_folder) is not a file, so the store does not keep
+            # it; it comes from this crawl, which is the truth for the folder as it is now.
+            entry["class_label"] = case["label"]
+            entry["class_names"] = list(case.get("class_names") or [])
         split = entry.get("split")
         if not split or (split == config.data.train_split and not has_val):
             split = _assign_split(entry["id"], config.data.val_fraction)
@@ -122,6 +133,101 @@ def make_train_dataset(
         rows=slice(proc * per_proc, (proc + 1) * per_proc),
     )
     ds = ds.map_with_index(load).to_iter_dataset()
+    if num_workers > 0:
+        _ensure_absl_flags()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return ds
+
+
+class BalancedIndices:
+    """Endless class-balanced epochs as a random-access sequence: position -> source index.
+
+    Epoch ``e`` (positions ``[e * epoch_length, (e + 1) * epoch_length)``) is
+    ``luna.sources.balanced_epoch_indices(labels, ratio, epoch_length, seed, e)``: a fixed class
+    ratio, small classes repeated and large ones cycled through across epochs. Being a pure
+    function of the position, it is a Grain ``MapDataset`` source whose iterator state is the
+    position alone (checkpointable, identical on 1 or N processes).
+    """
+
+    def __init__(
+        self, labels: np.ndarray, ratio: tuple[int, ...], epoch_length: int, seed: int
+    ) -> None:
+        self.labels = np.asarray(labels)
+        self.ratio = tuple(int(r) for r in ratio)
+        self.epoch_length, self.seed = int(epoch_length), int(seed)
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.epoch_length * _EPOCHS_AHEAD
+
+    def __getitem__(self, position: int) -> int:
+        epoch, offset = divmod(int(position), self.epoch_length)
+        if epoch not in self._cache:
+            # One epoch cached: reads walk the positions in order within each worker.
+            self._cache = {
+                epoch: luna_sources.balanced_epoch_indices(
+                    self.labels,
+                    ratio=self.ratio,
+                    epoch_length=self.epoch_length,
+                    seed=self.seed,
+                    epoch=epoch,
+                )
+            }
+        return int(self._cache[epoch][offset])
+
+
+class _ProcessRows:
+    """Global batch of source indices -> ``load`` of this process's rows of it."""
+
+    def __init__(self, load: Callable[[np.ndarray], dict[str, np.ndarray]], rows: slice):
+        self.load, self.rows = load, rows
+
+    def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return self.load(np.asarray(indices)[self.rows])
+
+
+def make_sample_dataset(
+    load: Callable[[np.ndarray], dict[str, np.ndarray]],
+    labels: np.ndarray,
+    *,
+    global_batch_size: int,
+    seed: int,
+    num_workers: int,
+    ratio: tuple[int, ...] = (),
+    epoch_length: int = 0,
+) -> grain.IterDataset:
+    """An endless, seeded dataset of whole samples (classification), one label each.
+
+    Order: with ``ratio`` empty, every epoch is a fresh shuffle of all samples; otherwise
+    epochs of ``epoch_length`` samples at the class ratio ``ratio`` (``BalancedIndices``).
+    Then global batches of indices, of which each process loads its rows with ``load``.
+
+    Args:
+      load: picklable ``load(int[b] source indices) -> {"image": [b, ...], "label": [b]}``.
+      labels: ``int[N]`` class of each source sample (only read when ``ratio`` is set).
+      global_batch_size: rows per global batch (divisible by the process count).
+      seed: the data seed.
+      num_workers: Grain worker processes (0: in-process).
+      ratio: class ratio per epoch (see ``balanced_epoch_indices``), or empty.
+      epoch_length: samples per balanced epoch (0: ``len(labels)``).
+
+    Raises:
+      ConfigError: the batch does not split over the processes.
+    """
+    n_proc, proc = jax.process_count(), jax.process_index()
+    if global_batch_size % n_proc:
+        raise errors.ConfigError(
+            f"train.batch_size={global_batch_size} is not divisible by {n_proc} processes."
+        )
+    per_proc = global_batch_size // n_proc
+    if ratio:
+        indices = BalancedIndices(labels, ratio, epoch_length or len(labels), seed)
+        ds = grain.MapDataset.source(indices)
+    else:
+        ds = grain.MapDataset.range(len(labels)).seed(seed).shuffle().repeat()
+    ds = ds.batch(global_batch_size, drop_remainder=True)
+    ds = ds.map(_ProcessRows(load, slice(proc * per_proc, (proc + 1) * per_proc)))
+    ds = ds.to_iter_dataset()
     if num_workers > 0:
         _ensure_absl_flags()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
