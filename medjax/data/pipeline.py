@@ -73,7 +73,11 @@ def prepare_data(config: ml_collections.ConfigDict) -> Data:
     store_dir = config.data.store_dir or os.path.join(
         synthetic.cache_dir(), "store", f"{os.path.basename(root)}-{store.spec_hash([root, spec])}"
     )
-    manifest = store.build_store(cases, store_dir, spec, workers=config.data.preprocess_workers)
+    # The store reads label *files*; a class index (classification_folder) is attached below.
+    store_cases = [{**c, "label": None} if isinstance(c.get("label"), int) else c for c in cases]
+    manifest = store.build_store(
+        store_cases, store_dir, spec, workers=config.data.preprocess_workers
+    )
     splits: dict[str, list[dict[str, Any]]] = {}
     # A crawler that marks every labelled case "train" (Decathlon's imagesTr) gets a validation
     # split carved out by a stable hash of the case id, like cases without any split.
