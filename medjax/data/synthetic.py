@@ -70,7 +70,9 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
     return field / (np.abs(field).max() + 1e-8)
 
 
-def spine_slice(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def spine_slice(
+    rng: np.random.Generator, size: int = 128, *, num_lesions: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic sagittal T2w slice of the cervical/thoracic spine and its lesion mask.
 
     Anatomy (columns run anterior -> posterior, rows superior -> inferior): soft tissue,
@@ -79,6 +81,13 @@ def spine_slice(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, 
     elongated hyperintense ellipses inside the cord whose intensity overlaps CSF, discs and fat,
     so no global threshold separates them; then partial-volume blur, a multiplicative bias
     field and Rician noise.
+
+    Args:
+      rng: the slice's generator (the slice is a function of its state).
+      size: image side in pixels; anatomy scales with it.
+      num_lesions: how many lesion ellipses to draw; None draws 0-3 (a quarter of slices
+        have none). None keeps the random stream of the original generator, so the
+        ``spine2d`` dataset (and the store hashes built on it) is unchanged.
 
     Returns:
       image float32[size, size] in [0, 1], mask uint8[size, size] in {0, 1}.
@@ -121,7 +130,10 @@ def spine_slice(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, 
     img[cord] = cord_val
     # Lesions: 0-3 elongated ellipses inside the cord; about a quarter of slices have none.
     mask = np.zeros((size, size), bool)
-    n_lesions = rng.choice([0, 1, 2, 3], p=[0.25, 0.4, 0.25, 0.1])
+    if num_lesions is None:
+        n_lesions = rng.choice([0, 1, 2, 3], p=[0.25, 0.4, 0.25, 0.1])
+    else:
+        n_lesions = int(num_lesions)
     for _ in range(n_lesions):
         y0 = rng.uniform(0.1, 0.9) * size
         x0 = np.interp(y0, yy[:, 0], xc[:, 0]) + rng.uniform(-0.3, 0.3) * r_cord
@@ -169,6 +181,53 @@ def make_spine2d(
                 os.path.join(root, split, "images", f"{case}.png")
             )
             Image.fromarray(mask * 255).save(os.path.join(root, split, "masks", f"{case}.png"))
+
+
+SPINE_CLASSES = ("lesion", "no_lesion")
+
+
+def spine_class_slice(
+    rng: np.random.Generator, size: int, lesion: bool, *, min_lesion_area: float = 30.0
+) -> np.ndarray:
+    """One ``spine_slice`` with (1-3) or without cord lesions: ``float32[size, size]`` in [0, 1].
+
+    A lesion slice is redrawn (from ``rng``'s continuing stream) until its lesions cover at
+    least ``min_lesion_area`` pixels at 128x128 (scaled by ``(size / 128) ** 2``): an ellipse
+    that barely grazes the cord would be a label no reader could confirm.
+    """
+    min_area = min_lesion_area * (size / 128.0) ** 2
+    for _ in range(100):
+        n = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])) if lesion else 0
+        image, mask = spine_slice(rng, size, num_lesions=n)
+        if not lesion or mask.sum() >= min_area:
+            return image
+    raise RuntimeError(f"no lesion of {min_area:.0f} px in 100 draws (size={size})")
+
+
+@registry.register("synthetic.spine2d_cls")
+def make_spine2d_cls(
+    root: str,
+    *,
+    size: int = 128,
+    num_per_class: int = 300,
+    seed: int = 0,
+) -> None:
+    """Writes ``root/<class>/<case>.png`` (a ``classification_folder`` dataset).
+
+    Classes ``lesion`` (1-3 hyperintense cord lesions of at least 30 px at 128x128) and
+    ``no_lesion`` (the same anatomy, noise and bias, no lesion), ``num_per_class`` slices each,
+    8-bit grayscale. There is no split folder: the pipeline carves the validation split by a
+    hash of the case id (``data.val_fraction``).
+    """
+    for class_index, name in enumerate(SPINE_CLASSES):
+        os.makedirs(os.path.join(root, name))
+        for i in range(num_per_class):
+            # Stream tag 7 keeps these slices apart from spine2d's [seed, split, i] streams.
+            rng = np.random.default_rng([seed, 7, class_index, i])
+            image = spine_class_slice(rng, size, lesion=name == "lesion")
+            Image.fromarray(np.round(image * 255).astype(np.uint8)).save(
+                os.path.join(root, name, f"case_{i:04d}.png")
+            )
 
 
 def generators() -> dict[str, Callable[..., None]]:
