@@ -123,4 +123,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict()
     c.log.images_every = 1  # epochs
     c.log.num_images = 4
+
+    # Hyperparameter sweeps (--mode=tune, Ray Tune; medjax/train/tune.py). Each param is
+    # "config.key=dist(args)", dist one of choice / uniform / loguniform / grid, e.g.
+    # "optim.lr=loguniform(1e-4, 1e-2)". A tuple, so --config.tune.params='("...",)' overrides it.
+    c.tune = ml_collections.ConfigDict()
+    c.tune.params = ()
+    c.tune.metric = "val/dice"  # a validation metric the trials report after every validation
+    c.tune.mode = "max"
+    c.tune.num_samples = 4  # trials; with grid params, samples of each grid point
+    c.tune.max_concurrent = 1  # 0: as many as the resources allow
+    c.tune.seed = 0  # of the random draws
+    c.tune.scheduler = "asha"  # or "fifo" (no early stopping of trials)
+    c.tune.asha = ml_collections.ConfigDict()
+    c.tune.asha.grace_period = 1  # epochs before a trial can be stopped
+    c.tune.asha.reduction_factor = 2
+    c.tune.asha.max_t = 0  # epochs; 0: the largest train.epochs of the search space
+    c.tune.resources_per_trial = ml_collections.ConfigDict()
+    c.tune.resources_per_trial.cpus = 1.0
+    c.tune.resources_per_trial.gpus = 0.0  # 0: the trial runs JAX on CPU
     return c
