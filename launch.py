@@ -19,7 +19,9 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string(
     "workdir", None, "Run folder (checkpoints, logs). Default: a new folder under runs/."
 )
-flags.DEFINE_enum("mode", "train", ["train", "eval", "preprocess"], "What to do.")
+flags.DEFINE_enum(
+    "mode", "train", ["train", "eval", "preprocess", "tune"], "What to do (tune: a sweep)."
+)
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's id.")
@@ -44,11 +46,27 @@ def _maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def _tune() -> None:
+    """``--mode=tune``: a Ray Tune sweep (medjax/train/tune.py) instead of one run."""
+    from medjax import errors
+    from medjax.train import tune
+
+    workdir = FLAGS.workdir or os.path.join("runs", "tune-" + time.strftime("%Y%m%d-%H%M%S"))
+    try:
+        tune.run_sweep(FLAGS.config, workdir)
+    except errors.MedjaxError as e:
+        print(f"medjax error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)  # orbax and grain are chatty; -v brings them back
+    if FLAGS.mode == "tune":
+        # Before JAX starts a backend here: the trials (Ray workers) own the devices.
+        return _tune()
     _maybe_initialize_distributed()
     import jax
 
