@@ -1,0 +1,550 @@
+"""Hyperparameter sweeps on Ray Tune: ``run_sweep(config, workdir)`` (``launch.py --mode=tune``).
+
+The search space is ``config.tune.params``, a tuple of ``"config.key=dist(args)"`` specs:
+
+    choice(a, b, ...)       one of the values, drawn uniformly
+    uniform(low, high)      a float in [low, high)
+    loguniform(low, high)   a float whose logarithm is uniform (0 < low < high)
+    grid(a, b, ...)         every value; each grid point is run ``tune.num_samples`` times
+
+Each trial is the normal ``loop.train_and_evaluate`` on a copy of the config with the drawn
+values, in its own workdir ``<workdir>/trials/<trial id>`` (checkpoints, TensorBoard logs,
+``metrics.jsonl`` and the trial's console output in ``train.log``). It reports ``tune.metric``
+to Ray Tune after every validation, so ASHA can stop a poor trial early. Ray's experiment state
+lives in ``<workdir>/ray``: the same command on the same workdir resumes an interrupted sweep
+(``Tuner.restore``), and a restarted trial resumes from the checkpoint in its workdir. At the end
+the sweep writes ``<workdir>/trials.csv`` (one row per trial) and ``<workdir>/best_config.py``,
+a config file that ``launch.py --config=`` trains.
+
+Ray is imported only inside the functions that need it: it is the optional ``tune`` extra.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import pprint
+import sys
+from typing import Any
+
+import ml_collections
+from flax import traverse_util
+
+from medjax import errors, registry
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "grid")
+_FORMAT = "'config.key=dist(args)' with dist one of " + ", ".join(DISTRIBUTIONS)
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# ---------------------------------------------------------------------------------------------
+# The search space.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One dimension of the search space: a config key and its distribution."""
+
+    key: str  # dotted config path, e.g. "optim.lr"
+    dist: str  # one of DISTRIBUTIONS
+    args: tuple[Any, ...]  # the values (choice, grid) or (low, high)
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str, where: str) -> Any:
+    node: Any = config
+    for i, part in enumerate(key.split(".")):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            prefix = ".".join(key.split(".")[:i]) or "the config"
+            have = ", ".join(sorted(node)) if isinstance(node, ml_collections.ConfigDict) else ""
+            raise errors.ConfigError(
+                f"{where}: unknown config key {key!r} ({prefix} has: {have or 'no keys'})."
+            )
+        node = node[part]
+    if isinstance(node, ml_collections.ConfigDict):
+        raise errors.ConfigError(f"{where}: {key!r} is a config section, not a value.")
+    return node
+
+
+def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def parse_param(spec: str, config: ml_collections.ConfigDict) -> Param:
+    """Parses one ``"config.key=dist(args)"`` spec and checks it against ``config``.
+
+    Arguments are Python literals (``ast.literal_eval``, never ``eval``).
+
+    Raises:
+      ConfigError: naming the spec: bad syntax, an unknown distribution or config key, or a
+        value the key cannot hold (e.g. a float draw for an integer key).
+    """
+    where = f"tune.params entry {spec!r}"
+    if not isinstance(spec, str) or "=" not in spec:
+        raise errors.ConfigError(f"{where}: expected {_FORMAT}.")
+    key, expr = (s.strip() for s in spec.split("=", 1))
+    try:
+        node = ast.parse(expr, mode="eval").body
+    except SyntaxError as e:
+        raise errors.ConfigError(f"{where}: {expr!r} is not {_FORMAT}.") from e
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)) or node.keywords:
+        raise errors.ConfigError(f"{where}: {expr!r} is not {_FORMAT} (positional arguments).")
+    dist = node.func.id
+    if dist not in DISTRIBUTIONS:
+        raise errors.ConfigError(
+            f"{where}: unknown distribution {dist!r}; expected one of {', '.join(DISTRIBUTIONS)}."
+        )
+    try:
+        args = tuple(ast.literal_eval(a) for a in node.args)
+    except ValueError as e:
+        raise errors.ConfigError(f"{where}: the arguments of {dist}() must be literals.") from e
+    current = _lookup(config, key, where)
+    if dist in ("choice", "grid"):
+        if not args:
+            raise errors.ConfigError(f"{where}: {dist}() needs at least one value.")
+        candidates = args
+    else:
+        if len(args) != 2 or not all(
+            isinstance(a, int | float) and not isinstance(a, bool) and math.isfinite(a)
+            for a in args
+        ):
+            raise errors.ConfigError(f"{where}: {dist}(low, high) takes two finite numbers.")
+        low, high = (float(a) for a in args)
+        if not low < high or (dist == "loguniform" and low <= 0):
+            bound = "0 < low < high" if dist == "loguniform" else "low < high"
+            raise errors.ConfigError(f"{where}: {dist}({low}, {high}) needs {bound}.")
+        if isinstance(current, int) and not isinstance(current, bool):
+            raise errors.ConfigError(
+                f"{where}: {key} is an integer but {dist}() draws floats; use choice() or grid()."
+            )
+        args, candidates = (low, high), (low, high)
+    probe = config.copy_and_resolve_references()
+    for value in candidates:
+        try:
+            _set(probe, key, value)
+        except (TypeError, ValueError) as e:
+            raise errors.ConfigError(
+                f"{where}: {key} cannot hold {value!r} (it is {current!r}): {e}"
+            ) from e
+    return Param(key, dist, args)
+
+
+def parse_space(config: ml_collections.ConfigDict) -> list[Param]:
+    """Checks ``config.tune`` and returns its search space, one ``Param`` per entry.
+
+    Raises:
+      ConfigError: naming the ``tune.*`` key or the ``tune.params`` entry that is wrong.
+    """
+    t = config.tune
+    specs = t.params
+    if isinstance(specs, str) or not isinstance(specs, tuple | list):
+        raise errors.ConfigError(f"tune.params must be a tuple of {_FORMAT}; got {specs!r}.")
+    if not specs:
+        raise errors.ConfigError(
+            "tune.params is empty: declare the search space, e.g. "
+            "--config.tune.params='(\"optim.lr=loguniform(1e-4, 1e-2)\",)'."
+        )
+    params = [parse_param(s, config) for s in specs]
+    keys = [p.key for p in params]
+    if dupes := sorted({k for k in keys if keys.count(k) > 1}):
+        raise errors.ConfigError(f"tune.params: {', '.join(dupes)} appear more than once.")
+    checks = [
+        (t.mode in ("min", "max"), "tune.mode", "'min' or 'max'"),
+        (t.num_samples >= 1, "tune.num_samples", ">= 1"),
+        (t.max_concurrent >= 0, "tune.max_concurrent", ">= 0 (0: as the resources allow)"),
+        (t.scheduler in ("asha", "fifo"), "tune.scheduler", "'asha' or 'fifo'"),
+        (t.asha.grace_period >= 1, "tune.asha.grace_period", ">= 1 epoch"),
+        (t.asha.reduction_factor > 1, "tune.asha.reduction_factor", "> 1"),
+        (t.asha.max_t >= 0, "tune.asha.max_t", ">= 0 epochs (0: the largest train.epochs)"),
+        (t.resources_per_trial.cpus > 0, "tune.resources_per_trial.cpus", "> 0"),
+        (t.resources_per_trial.gpus >= 0, "tune.resources_per_trial.gpus", ">= 0"),
+        (bool(t.metric), "tune.metric", "a validation metric such as 'val/dice'"),
+    ]
+    for ok, key, allowed in checks:
+        if not ok:
+            raise errors.ConfigError(f"{key}={_lookup(config, key, key)!r}: must be {allowed}.")
+    return params
+
+
+def apply_values(config: ml_collections.ConfigDict, values: dict[str, Any]) -> Any:
+    """A copy of ``config`` with ``values`` (``{"optim.lr": 0.01, ...}``) set."""
+    out = config.copy_and_resolve_references()
+    for key, value in values.items():
+        _set(out, key, value)
+    return out
+
+
+def max_epochs(config: ml_collections.ConfigDict, params: list[Param]) -> int:
+    """ASHA's ``max_t``: ``tune.asha.max_t``, else the largest ``train.epochs`` of the space."""
+    if config.tune.asha.max_t:
+        return int(config.tune.asha.max_t)
+    epochs = [config.train.epochs]
+    epochs += [v for p in params if p.key == "train.epochs" for v in p.args]
+    return int(max(epochs))
+
+
+def _ray_space(params: list[Param]) -> dict[str, Any]:
+    from ray import tune
+
+    make = {
+        "choice": lambda a: tune.choice(list(a)),
+        "grid": lambda a: tune.grid_search(list(a)),
+        "uniform": lambda a: tune.uniform(*a),
+        "loguniform": lambda a: tune.loguniform(*a),
+    }
+    return {p.key: make[p.dist](p.args) for p in params}
+
+
+# ---------------------------------------------------------------------------------------------
+# One trial (runs in a Ray worker process).
+# ---------------------------------------------------------------------------------------------
+
+
+def trial_workdir(sweep_dir: str, trial_id: str) -> str:
+    """The deterministic workdir of a trial: a restarted trial finds its checkpoint there."""
+    return os.path.join(sweep_dir, "trials", trial_id)
+
+
+def _trial(values: dict[str, Any], base: ml_collections.ConfigDict, sweep_dir: str) -> None:
+    """Trains ``base`` with ``values`` in the trial's workdir, reporting every validation."""
+    from ray import tune
+
+    from medjax.train import loop
+
+    workdir = trial_workdir(sweep_dir, tune.get_context().get_trial_id())
+    os.makedirs(workdir, exist_ok=True)
+    config = apply_values(base, values)
+    metric = base.tune.metric
+    with open(os.path.join(workdir, "tune_params.json"), "w") as f:
+        json.dump(values, f, indent=1)
+
+    def report(epoch: int, step: int, metrics: dict[str, float]) -> None:
+        if metric not in metrics:
+            raise errors.ConfigError(
+                f"tune.metric={metric!r} is not a validation metric of this run; it reports: "
+                f"{', '.join(sorted(metrics))}."
+            )
+        tune.report({**metrics, "epoch": epoch, "step": step})
+
+    # Trials run side by side: each one's progress bar and messages go to its own file.
+    with (
+        open(os.path.join(workdir, "train.log"), "a", buffering=1) as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
+        summary = loop.train_and_evaluate(config, workdir, on_validation=report)
+    # Marks the trial as trained to the end (a trial ASHA stopped never gets here).
+    with open(os.path.join(workdir, "tune_done.json"), "w") as f:
+        json.dump({k: summary[k] for k in ("final_step", "best_value", "best_step")}, f)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return trial.trial_id
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_same_sweep(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses to resume a sweep in ``workdir`` that was started with another config."""
+    path = os.path.join(workdir, "sweep_config.json")
+    now = json.loads(config.to_json_best_effort())
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        a, b = (traverse_util.flatten_dict(d, sep=".") for d in (before, now))
+        if diff := sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)):
+            raise errors.ConfigError(
+                f"{workdir} holds a sweep of another config (it differs in {', '.join(diff)}); "
+                "resume it with the same config or use a new --workdir."
+            )
+    else:
+        with open(path, "w") as f:
+            json.dump(now, f, indent=1)
+
+
+def _init_ray(t: ml_collections.ConfigDict) -> bool:
+    """Starts a local Ray (or joins ``RAY_ADDRESS``); returns whether this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    res = t.resources_per_trial
+    env = {
+        # Trials import medjax from this checkout, whatever their working directory.
+        "PYTHONPATH": os.pathsep.join(filter(None, [_REPO_ROOT, os.environ.get("PYTHONPATH")])),
+        # Relative paths in the config stay relative to where the sweep was started.
+        "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    }
+    if res.gpus == 0:
+        env["JAX_PLATFORMS"] = "cpu"
+    elif res.gpus < 1:
+        # Trials share a GPU: JAX must not grab 75% of its memory up front.
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,  # each trial's output is in its train.log
+        "logging_level": logging.ERROR,
+        "runtime_env": {"env_vars": env},
+    }
+    if not os.environ.get("RAY_ADDRESS"):
+        n = t.max_concurrent or 0
+        kwargs["num_cpus"] = math.ceil(res.cpus * n) if n else os.cpu_count()
+    ray.init(**kwargs)
+    return True
+
+
+def _progress_callback(metric: str) -> Any:
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """One line per reported validation and per failed trial, instead of Ray's tables."""
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            del iteration, trials, info
+            value = result.get(metric)
+            print(
+                f"medjax tune: trial {trial.trial_id} epoch {result.get('epoch')}: "
+                f"{metric}={value:.4f}",
+                file=sys.stderr,
+            )
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            del iteration, trials, info
+            print(f"medjax tune: trial {trial.trial_id} failed", file=sys.stderr)
+
+    return Progress()
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) the sweep declared in ``config.tune``; see the module docstring.
+
+    Args:
+      config: the experiment config with its ``tune`` section.
+      workdir: the sweep's folder: Ray's state, one workdir per trial, the summary.
+
+    Returns:
+      ``{"rows": [one dict per trial], "best": the best row, "csv": path, "best_config": path}``.
+
+    Raises:
+      ConfigError: a bad ``tune`` section, or a sweep of another config in ``workdir``.
+      MedjaxError: Ray Tune is not installed (the ``tune`` extra).
+      TrainingError: no trial reported the metric.
+    """
+    params = parse_space(config)
+    try:
+        from ray import tune
+        from ray.tune import schedulers, search
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    except ImportError as e:
+        raise errors.MedjaxError(
+            f"--mode=tune runs on Ray Tune, which is not installed ({e}): "
+            "pip install 'medjax[tune]'"
+        ) from e
+    import ray
+
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    _check_same_sweep(config, workdir)
+    # Build the dataset once here: concurrent trials would all generate the same cache.
+    registry.get(f"tasks.{config.task}")(config)
+    t = config.tune
+    # Ray's TensorBoard copy of the metrics would sit beside each trial's own: only keep the
+    # JSON and CSV results that Ray reads back. Ray's legacy reporter is the one verbose=0
+    # silences (our callback prints one line per validation instead).
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    started = _init_ray(t)
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, base=config, sweep_dir=workdir),
+            {"cpu": t.resources_per_trial.cpus, "gpu": t.resources_per_trial.gpus},
+        )
+        ray_dir = os.path.join(workdir, "ray")
+        if tune.Tuner.can_restore(ray_dir):
+            print(f"medjax: resuming the sweep in {ray_dir}", file=sys.stderr)
+            tuner = tune.Tuner.restore(
+                ray_dir, trainable, resume_unfinished=True, resume_errored=True
+            )
+        else:
+            scheduler = None
+            if t.scheduler == "asha":
+                scheduler = schedulers.ASHAScheduler(
+                    time_attr="epoch",
+                    max_t=max_epochs(config, params),
+                    grace_period=t.asha.grace_period,
+                    reduction_factor=t.asha.reduction_factor,
+                    # A trial at its last epoch finishes (and checkpoints) on its own.
+                    stop_last_trials=False,
+                )
+            tuner = tune.Tuner(
+                trainable,
+                param_space=_ray_space(params),
+                tune_config=tune.TuneConfig(
+                    metric=t.metric,
+                    mode=t.mode,
+                    search_alg=search.BasicVariantGenerator(random_state=t.seed),
+                    scheduler=scheduler,
+                    num_samples=t.num_samples,
+                    max_concurrent_trials=t.max_concurrent or None,
+                    trial_dirname_creator=_trial_dirname,
+                    # One worker process serves trial after trial: JAX is imported once.
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name="ray",
+                    storage_path=workdir,
+                    verbose=0,
+                    callbacks=[
+                        _progress_callback(t.metric),
+                        JsonLoggerCallback(),
+                        CSVLoggerCallback(),
+                    ],
+                ),
+            )
+        grid = tuner.fit()
+        rows = [_row(result, params, config, workdir) for result in grid]
+    finally:
+        if started:
+            ray.shutdown()
+    return _write_outputs(rows, params, config, workdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs: the table of trials and the best config.
+# ---------------------------------------------------------------------------------------------
+
+
+def _row(result: Any, params: list[Param], config: ml_collections.ConfigDict, workdir: str):
+    metric, mode = config.tune.metric, config.tune.mode
+    trial_id = os.path.basename(result.path)
+    df = result.metrics_dataframe
+    values = [] if df is None or metric not in df else [v for v in df[metric] if v == v]
+    epochs = 0 if df is None or "epoch" not in df else int(df["epoch"].max())
+    if result.error is not None:
+        status = "error"
+    elif os.path.exists(os.path.join(trial_workdir(workdir, trial_id), "tune_done.json")):
+        status = "completed"
+    else:
+        status = "pruned" if values else "not run"
+    row = {
+        "trial": trial_id,
+        "status": status,
+        "epochs": epochs,
+        f"best {metric}": (max if mode == "max" else min)(values) if values else None,
+    }
+    row.update({p.key: result.config.get(p.key) for p in params})
+    row["workdir"] = trial_workdir(workdir, trial_id)
+    if result.error is not None:
+        row["error"] = str(result.error).strip().splitlines()[-1][:300]
+    return row
+
+
+def _write_outputs(rows, params, config, workdir) -> dict[str, Any]:
+    metric, mode = config.tune.metric, config.tune.mode
+    col = f"best {metric}"
+    rows = sorted(rows, key=lambda r: r["trial"])
+    fields = ["trial", "status", "epochs", col, *(p.key for p in params), "workdir"]
+    csv_path = os.path.join(workdir, "trials.csv")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    _print_table(rows, fields[:-1])
+    scored = [r for r in rows if r[col] is not None]
+    if not scored:
+        errs = [f"{r['trial']}: {r['error']}" for r in rows if r.get("error")]
+        raise errors.TrainingError(
+            f"No trial of the sweep in {workdir} reported {metric}."
+            + (f" First error: {errs[0]}" if errs else "")
+        )
+    best = (max if mode == "max" else min)(scored, key=lambda r: r[col])
+    best_path = os.path.join(workdir, "best_config.py")
+    write_best_config(best_path, config, {p.key: best[p.key] for p in params}, best, metric)
+    print(
+        f"medjax: best trial {best['trial']}: {metric}={best[col]:.4f}; table {csv_path}\n"
+        f"  train it: python launch.py --config={best_path}\n"
+        f"  view: tensorboard --logdir {os.path.join(workdir, 'trials')}",
+        file=sys.stderr,
+    )
+    return {"rows": rows, "best": best, "csv": csv_path, "best_config": best_path}
+
+
+def _print_table(rows: list[dict[str, Any]], fields: list[str]) -> None:
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    cells = [[fmt(r.get(k)) for k in fields] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(fields)]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(fields, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cs, widths, strict=True)) for cs in cells]
+    print("\n".join(lines))
+
+
+def write_best_config(
+    path: str,
+    config: ml_collections.ConfigDict,
+    values: dict[str, Any],
+    row: dict[str, Any],
+    metric: str,
+) -> None:
+    """Writes ``config`` with ``values`` as a Python config file (``get_config()``) at ``path``.
+
+    The file holds the sweep's whole config as a literal, then one assignment per tuned value,
+    so it neither depends on the config file the sweep started from nor hides what was tuned.
+    """
+    literal = pprint.pformat(config.to_dict(), width=96, sort_dicts=False)
+    try:
+        ast.literal_eval(literal)
+    except (ValueError, SyntaxError) as e:
+        raise errors.ConfigError(
+            f"The sweep's config cannot be written as Python literals for {path}: {e}"
+        ) from e
+
+    def target(key: str) -> str:
+        parts = key.split(".")
+        if all(p.isidentifier() for p in parts):
+            return "c." + key
+        return "c" + "".join(f"[{p!r}]" for p in parts)
+
+    assigns = "\n".join(f"    {target(k)} = {v!r}" for k, v in values.items())
+    text = f'''"""Best trial {row["trial"]} of the sweep in {os.path.dirname(path)}.
+
+{metric} = {row[f"best {metric}"]:.4f} after {row["epochs"]} epoch(s) ({row["status"]}).
+Train it:
+    python launch.py --config={path} --workdir=runs/best
+
+Written by ``launch.py --mode=tune``: the sweep's config with the trial's drawn values.
+"""
+
+import ml_collections
+
+from medjax import config_lib
+
+_SWEEP_CONFIG = {literal}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The sweep's config with the best trial's values; takes no argument."""
+    config_lib.parse_arg(arg)
+    c = ml_collections.ConfigDict(_SWEEP_CONFIG)
+    # The best trial's values:
+{assigns}
+    return c
+'''
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
