@@ -188,19 +188,22 @@ SPINE_CLASSES = ("lesion", "no_lesion")
 
 def spine_class_slice(
     rng: np.random.Generator, size: int, lesion: bool, *, min_lesion_area: float = 30.0
-) -> np.ndarray:
-    """One ``spine_slice`` with (1-3) or without cord lesions: ``float32[size, size]`` in [0, 1].
+) -> tuple[np.ndarray, np.ndarray]:
+    """One ``spine_slice`` with (1-3) or without cord lesions.
 
     A lesion slice is redrawn (from ``rng``'s continuing stream) until its lesions cover at
     least ``min_lesion_area`` pixels at 128x128 (scaled by ``(size / 128) ** 2``): an ellipse
     that barely grazes the cord would be a label no reader could confirm.
+
+    Returns:
+      image float32[size, size] in [0, 1], lesion mask uint8[size, size] (all 0 without).
     """
     min_area = min_lesion_area * (size / 128.0) ** 2
     for _ in range(100):
         n = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])) if lesion else 0
         image, mask = spine_slice(rng, size, num_lesions=n)
         if not lesion or mask.sum() >= min_area:
-            return image
+            return image, mask
     raise RuntimeError(f"no lesion of {min_area:.0f} px in 100 draws (size={size})")
 
 
@@ -224,7 +227,7 @@ def make_spine2d_cls(
         for i in range(num_per_class):
             # Stream tag 7 keeps these slices apart from spine2d's [seed, split, i] streams.
             rng = np.random.default_rng([seed, 7, class_index, i])
-            image = spine_class_slice(rng, size, lesion=name == "lesion")
+            image, _ = spine_class_slice(rng, size, lesion=name == "lesion")
             Image.fromarray(np.round(image * 255).astype(np.uint8)).save(
                 os.path.join(root, name, f"case_{i:04d}.png")
             )
