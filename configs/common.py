@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "dice_ce"
     c.loss.kwargs = ml_collections.ConfigDict()
+    # One weight per training output of a model with deep supervision (full resolution first);
+    # (): nnU-Net's 1/2**i, lowest 0, normalised. Used as given (not normalised).
+    c.loss.deep_supervision_weights = ()
 
     # "op(k=v)" specs applied on device in training only. A tuple, so that
     # --config.augment='("flip(p=0.5)",)' can override it (lists cannot be).
@@ -86,6 +89,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule.power = 0.9
     c.schedule.step_every_steps = 0
     c.schedule.step_factor = 0.1
+    # name="plateau": PyTorch's ReduceLROnPlateau (threshold_mode="abs") after each validation;
+    # counts are in validations. The effective rate (schedule x scale) is logged as train/lr.
+    c.schedule.plateau = ml_collections.ConfigDict()
+    c.schedule.plateau.monitor = "val/loss"
+    c.schedule.plateau.mode = "min"
+    c.schedule.plateau.factor = 0.1
+    c.schedule.plateau.patience = 10
+    c.schedule.plateau.min_delta = 0.0  # absolute threshold of an improvement
+    c.schedule.plateau.cooldown = 0
+    c.schedule.plateau.min_lr = 0.0
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 10
