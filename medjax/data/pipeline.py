@@ -287,9 +287,13 @@ def to_global(
     batch: Mapping[str, np.ndarray], sharding: jax.sharding.NamedSharding
 ) -> dict[str, jax.Array]:
     """This process's rows -> global arrays sharded along the mesh's data axis."""
-    return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
-    }
+    # The one intended host->device copy of the training loop: allowed under the loop's
+    # transfer guard (with several processes JAX routes it through a path the guard flags).
+    with jax.transfer_guard_host_to_device("allow"):
+        return {
+            k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in batch.items()
+        }
 
 
 def eval_batches(source: sources.StoreSource, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

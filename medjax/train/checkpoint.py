@@ -122,11 +122,22 @@ class Checkpointer:
         return restored["state"], (restored["data"] if has_data else None)
 
     def restore_raw(self, step: int) -> Any:
-        """Restores the saved state as host arrays, without a target (fine-tuning another model)."""
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        """Restores the saved state as host arrays, without a target (fine-tuning another model).
+
+        Works whatever the topology it was saved with (e.g. by a multi-process run): the target
+        is the saved tree's shapes placed on one local device.
+        """
+        meta = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state"))
+        tree = getattr(meta, "item_metadata", meta)
+        one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+            getattr(tree, "tree", tree),
         )
-        return restored["state"]
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )
+        return jax.device_get(restored["state"])
 
     def wait(self) -> None:
         """Blocks until pending async saves are on disk."""

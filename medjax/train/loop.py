@@ -42,12 +42,37 @@ def build_model(config: ml_collections.ConfigDict):
     return registry.lookup("models", config.model.name, **config.model.kwargs.to_dict())
 
 
-def build_loss(config: ml_collections.ConfigDict):
-    """The loss named by ``config.loss``; wrapped for deep supervision when the model has it."""
+def build_loss(config: ml_collections.ConfigDict, *, train: bool = True):
+    """The loss named by ``config.loss``.
+
+    For training it is wrapped for deep supervision when the model has it, weighted by
+    ``loss.deep_supervision_weights`` (checked against the model's outputs when first traced).
+    With ``train=False`` it is never wrapped: evaluation sees only the full-resolution logits.
+    """
     loss_fn = registry.lookup("losses", config.loss.name, **config.loss.kwargs.to_dict())
-    if config.model.kwargs.get("deep_supervision", False):
-        loss_fn = compound.deep_supervision(loss_fn)
-    return loss_fn
+    if not (train and config.model.kwargs.get("deep_supervision", False)):
+        return loss_fn
+    weights = tuple(float(w) for w in config.loss.deep_supervision_weights)
+    if weights and (min(weights) < 0 or sum(weights) <= 0):
+        raise errors.ConfigError(
+            f"loss.deep_supervision_weights={weights}: weights must be >= 0, not all 0."
+        )
+    ds_fn = compound.deep_supervision(loss_fn, weights or None)
+    if not weights:
+        return ds_fn
+
+    def checked(logits_levels, labels, **kwargs):
+        if len(logits_levels) != len(weights):
+            raise errors.ConfigError(
+                f"loss.deep_supervision_weights has {len(weights)} weights but model "
+                f"{config.model.name!r} returns {len(logits_levels)} outputs in training; give "
+                f"one per output (full resolution first) or () for nnU-Net's default."
+            )
+        return ds_fn(logits_levels, labels, **kwargs)
+
+    if hasattr(ds_fn, "terms"):
+        checked.terms = ds_fn.terms
+    return checked
 
 
 class _Run:
@@ -97,7 +122,7 @@ class _Run:
         self.abstract_state = ckpt_lib.abstract_with_shardings(abstract, self.state_sh)
         self._init = jax.jit(init, out_shardings=self.state_sh)
         # -- jitted steps --
-        eval_fns = self.task.make_eval_fns(self.loss_fn, config.train.precision)
+        eval_fns = self.task.make_eval_fns(build_loss(config, train=False), config.train.precision)
         self.eval_fns = {
             name: jax.jit(
                 fn, in_shardings=(self.state_sh, self.batch_sh), out_shardings=self.batch_sh
@@ -246,7 +271,8 @@ def train_and_evaluate(
     if data_state is not None:
         it.set_state(data_state)
     # Made and placed before the transfer guard: the step takes it replicated.
-    base_key = jax.device_put(jax.random.key(config.seed + 1), run.repl_sh)
+    # (made by a jitted function: device_put cannot reach other processes' devices).
+    base_key = jax.jit(lambda: jax.random.key(config.seed + 1), out_shardings=run.repl_sh)()
 
     best = {"value": None, "step": None}
     if latest is not None:
@@ -262,7 +288,8 @@ def train_and_evaluate(
     step = start_step
     pending: list[dict[str, jax.Array]] = []
     t_log, step_log = time.time(), step
-    profile = tuple(config.train.profile_steps or ())
+    profile = _profile_window(config.train.profile_steps, run.total_steps)
+    tracing = False
     try:
         start_epoch = step // run.steps_per_epoch
         for epoch in range(start_epoch, config.train.epochs):
@@ -273,13 +300,15 @@ def train_and_evaluate(
                 while step < epoch_end:
                     if profile and step == profile[0]:
                         jax.profiler.start_trace(os.path.join(run.workdir, "profile"))
+                        tracing = True
                     batch = next(it)
                     state, metrics = run.train_step(state, batch, base_key)
                     pending.append(metrics)
                     step += 1
-                    if profile and step == profile[1]:
+                    if tracing and step == profile[1]:
                         jax.block_until_ready(state)
                         jax.profiler.stop_trace()
+                        tracing = False
                     if step % config.train.log_every_steps == 0 or step == epoch_end:
                         scalars = _mean_metrics(pending, step)
                         pending = []
@@ -310,6 +339,8 @@ def train_and_evaluate(
                 writer.write_scalars(step, last_val)
                 if on_validation is not None:
                     on_validation(epoch + 1, step, last_val)
+                if config.schedule.name == "plateau":  # before the save: checkpoints carry it
+                    state = _step_plateau(run, state, last_val)
                 writer.write_images(
                     step, run.task.images(config.data.val_split, preds, config.log.num_images)
                 )
@@ -321,6 +352,9 @@ def train_and_evaluate(
                     best["value"] is None or _better(mon, best["value"], config.ckpt.mode)
                 ):
                     best = {"value": mon, "step": step}
+            # The rate the next epoch starts with (after any plateau reduction), once per epoch.
+            lr_epoch = optim.effective_lr(run.schedule, state.opt_state, step)
+            writer.write_scalars(step, {"train/lr_epoch": lr_epoch})
             if (epoch + 1) % config.ckpt.every_epochs == 0 or is_last:
                 run.ckpt.save(step, state, it.get_state(), metrics=last_val or None)
             writer.flush()
@@ -333,6 +367,8 @@ def train_and_evaluate(
         run.ckpt.close()  # waits for pending saves: the last good checkpoint stays whole
         raise
     finally:
+        if tracing:  # stopped early (early stopping, an error) inside the profile window
+            jax.profiler.stop_trace()
         it.close()
         writer.close()
     run.ckpt.wait()
@@ -349,6 +385,43 @@ def train_and_evaluate(
     run.ckpt.close()
     _print_summary(summary)
     return summary
+
+
+def _profile_window(steps: Any, total_steps: int) -> tuple[int, ...]:
+    """``train.profile_steps`` as ``(start, stop)`` steps to trace, or ``()`` for none."""
+    window = tuple(steps or ())
+    if window and not (
+        len(window) == 2
+        and all(isinstance(s, int) for s in window)
+        and 0 <= window[0] < window[1] <= total_steps
+    ):
+        raise errors.ConfigError(
+            f"train.profile_steps={window}: expected (start, stop) steps with "
+            f"0 <= start < stop <= {total_steps} (the run's last step), or () for none."
+        )
+    return window
+
+
+def _step_plateau(run: _Run, state: state_lib.TrainState, val_metrics: dict[str, float]):
+    """Feeds one validation to the reduce-on-plateau tracker in the optimiser state.
+
+    The tracker is four replicated scalars: it is fetched, stepped on the host by the pure
+    ``optim.update_plateau`` and put back with the same sharding (outside the step loop).
+    """
+    cfg = run.config.schedule.plateau
+    if cfg.monitor not in val_metrics:
+        raise errors.ConfigError(
+            f"schedule.plateau.monitor={cfg.monitor!r} is not a validation metric; "
+            f"these are: {sorted(val_metrics)}."
+        )
+    old = optim.plateau_tracker(state.opt_state)
+    new = optim.update_plateau(
+        jax.device_get(old), val_metrics[cfg.monitor], cfg, run.config.optim.lr
+    )
+    new = optim.PlateauState(
+        *(distributed.global_from_host(n, o.sharding) for n, o in zip(new, old, strict=True))
+    )
+    return state.replace(opt_state=optim.replace_plateau_tracker(state.opt_state, new))
 
 
 def _mean_metrics(pending: list[dict[str, jax.Array]], step: int) -> dict[str, float]:
