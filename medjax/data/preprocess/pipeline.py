@@ -35,6 +35,10 @@ from medjax.data.preprocess import crop as crop_lib
 from medjax.data.preprocess import normalize as normalize_lib
 from medjax.data.preprocess import resample as resample_lib
 
+# A spec value chosen from the dataset fingerprint when the store is built
+# (``fingerprint.resolve_auto``).
+AUTO = "auto"
+
 DEFAULT_SPEC: dict[str, Any] = {
     # RGB(A) -> one luminance channel (ITU-R 601-2 weights, as Pillow's "L"); gray+alpha -> gray.
     "grayscale": False,
@@ -42,12 +46,16 @@ DEFAULT_SPEC: dict[str, Any] = {
     "target_size": None,
     # None, "RAS" or "LPS": canonical axis order/orientation of 3D volumes.
     "reorient": None,
-    # mm per voxel in array axis order, e.g. (2.5, 0.8, 0.8); None keeps the spacing.
+    # mm per voxel in array axis order, e.g. (2.5, 0.8, 0.8); None keeps the spacing; "auto":
+    # nnU-Net's rule on the dataset fingerprint (median, or 10th percentile of a thick axis).
     "target_spacing_mm": None,
     # Crop to the bounding box of the nonzero (any channel) body mask with holes filled.
     "crop_foreground": False,
-    # {"name": "zscore"|"ct"|"percentile"|"minmax"|"none", ...}: see preprocess.normalize.
+    # {"name": "zscore"|"ct"|"percentile"|"minmax"|"none", ...}: see preprocess.normalize;
+    # {"name": "auto"}: chosen from the fingerprint by ``modality`` (CT window or z-score).
     "normalization": {"name": "zscore"},
+    # "CT", "MR", ... (or None): only read to resolve normalization "auto".
+    "modality": None,
     # "binary": label > 0 -> 1; "keep": label values as they are (0..255).
     "label_mode": "keep",
     # Spline order for the image when resampling.
@@ -87,13 +95,28 @@ def resolve_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
         raise errors.ConfigError(
             f"label_resampling={out['label_resampling']!r}; allowed: {resample_lib.LABEL_MODES}."
         )
+    if out["modality"] is not None and not isinstance(out["modality"], str):
+        raise errors.ConfigError(f"modality={out['modality']!r}; allowed: a string such as 'CT'.")
     for key in ("target_size", "target_spacing_mm"):
+        if key == "target_spacing_mm" and out[key] == AUTO:
+            continue
+        if isinstance(out[key], str):
+            raise errors.ConfigError(
+                f"{key}={out[key]!r}; allowed: None, a tuple of numbers"
+                + (", or 'auto'." if key == "target_spacing_mm" else ".")
+            )
         if out[key] is not None:
             out[key] = [int(v) if key == "target_size" else float(v) for v in out[key]]
             if any(v <= 0 for v in out[key]):
                 raise errors.ConfigError(f"{key}={out[key]} must be positive.")
     out["normalization"] = dict(out["normalization"])
-    normalize_lib.check_params(out["normalization"])  # fail at spec time, not at the first case
+    if out["normalization"].get("name") == AUTO:
+        if set(out["normalization"]) != {"name"}:
+            raise errors.ConfigError(
+                f"normalization={out['normalization']}: 'auto' takes no other keys."
+            )
+    else:
+        normalize_lib.check_params(out["normalization"])  # fail at spec time, not at a case
     return out
 
 
@@ -261,6 +284,11 @@ def preprocess_case(
       ConfigError: an invalid spec.
     """
     spec = resolve_spec(spec)
+    if spec["target_spacing_mm"] == AUTO or spec["normalization"]["name"] == AUTO:
+        raise errors.ConfigError(
+            "The spec still holds 'auto' values; resolve them from the dataset fingerprint "
+            "first (fingerprint.resolve_auto, as store.build_store does)."
+        )
     n = image.ndim_spatial
     array = _to_channels(image, spec["grayscale"])
     lab = None if label is None else _check_label(image, label)
