@@ -29,11 +29,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.preprocess = ml_collections.ConfigDict()
     c.data.preprocess.grayscale = True
     c.data.preprocess.target_size = None  # e.g. (64, 64): resize (2D)
-    c.data.preprocess.target_spacing_mm = None
+    # mm per voxel, e.g. (2.5, 0.8, 0.8), or "auto": from the dataset fingerprint (nnU-Net's
+    # rule). A placeholder so that both forms can be given on the command line.
+    c.data.preprocess.target_spacing_mm = ml_collections.config_dict.placeholder(object)
     c.data.preprocess.reorient = None
     c.data.preprocess.crop_foreground = False
     c.data.preprocess.normalization = ml_collections.ConfigDict({"name": "zscore"})
     c.data.preprocess.label_mode = "binary"
+    # "CT", "MR", ...: with normalization.name="auto", CT gets the dataset's foreground window
+    # + z-score, anything else a per-image z-score (the choice is printed and in the manifest).
+    c.data.preprocess.modality = ""
     c.data.patch_size = (64, 64)  # spatial size fed to the model, in voxels
     c.data.fg_oversample = 1.0 / 3.0
     c.data.num_workers = 2  # Grain worker processes (0: in-process)
