@@ -414,8 +414,12 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                     ],
                 ),
             )
-        grid = tuner.fit()
-        rows = [_row(result, params, config, workdir) for result in grid]
+        tuner.fit()
+        # Read back from Ray's saved experiment state: it has every trial's status (pruned
+        # trials are TERMINATED, those of an interrupted sweep are not) and reported history.
+        analysis = tune.ExperimentAnalysis(ray_dir)
+        frames = analysis.trial_dataframes
+        rows = [_row(t, frames.get(t.trial_id), params, config, workdir) for t in analysis.trials]
     finally:
         if started:
             ray.shutdown()
@@ -427,28 +431,33 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
 # ---------------------------------------------------------------------------------------------
 
 
-def _row(result: Any, params: list[Param], config: ml_collections.ConfigDict, workdir: str):
+def _row(
+    trial: Any, df: Any, params: list[Param], config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
+    """One line of the table from a Ray ``Trial`` and its results (a DataFrame or None)."""
     metric, mode = config.tune.metric, config.tune.mode
-    trial_id = os.path.basename(result.path)
-    df = result.metrics_dataframe
+    trial_id = trial.trial_id
     values = [] if df is None or metric not in df else [v for v in df[metric] if v == v]
     epochs = 0 if df is None or "epoch" not in df else int(df["epoch"].max())
-    if result.error is not None:
-        status = "error"
+    error = None
+    if trial.status == "ERROR":
+        status, error = "error", trial.get_pickled_error() or trial.get_error()
     elif os.path.exists(os.path.join(trial_workdir(workdir, trial_id), "tune_done.json")):
         status = "completed"
+    elif trial.status == "TERMINATED":
+        status = "pruned"  # stopped by the scheduler before its last epoch
     else:
-        status = "pruned" if values else "not run"
+        status = "unfinished"  # the sweep was interrupted: the same command resumes it
     row = {
         "trial": trial_id,
         "status": status,
         "epochs": epochs,
         f"best {metric}": (max if mode == "max" else min)(values) if values else None,
     }
-    row.update({p.key: result.config.get(p.key) for p in params})
+    row.update({p.key: (trial.config or {}).get(p.key) for p in params})
     row["workdir"] = trial_workdir(workdir, trial_id)
-    if result.error is not None:
-        row["error"] = str(result.error).strip().splitlines()[-1][:300]
+    if error is not None:
+        row["error"] = (str(error).strip().splitlines() or ["unknown error"])[-1][:300]
     return row
 
 
@@ -456,13 +465,16 @@ def _write_outputs(rows, params, config, workdir) -> dict[str, Any]:
     metric, mode = config.tune.metric, config.tune.mode
     col = f"best {metric}"
     rows = sorted(rows, key=lambda r: r["trial"])
-    fields = ["trial", "status", "epochs", col, *(p.key for p in params), "workdir"]
+    fields = ["trial", "status", "epochs", col, *(p.key for p in params), "workdir", "error"]
     csv_path = os.path.join(workdir, "trials.csv")
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    _print_table(rows, fields[:-1])
+    _print_table(rows, fields[:-2])
+    for r in rows:
+        if r.get("error"):
+            print(f"medjax: trial {r['trial']} failed: {r['error']}", file=sys.stderr)
     scored = [r for r in rows if r[col] is not None]
     if not scored:
         errs = [f"{r['trial']}: {r['error']}" for r in rows if r.get("error")]
@@ -471,6 +483,12 @@ def _write_outputs(rows, params, config, workdir) -> dict[str, Any]:
             + (f" First error: {errs[0]}" if errs else "")
         )
     best = (max if mode == "max" else min)(scored, key=lambda r: r[col])
+    if unfinished := [r["trial"] for r in rows if r["status"] == "unfinished"]:
+        print(
+            f"medjax: the sweep stopped before trials {', '.join(unfinished)} finished; "
+            "run the same command again to resume it.",
+            file=sys.stderr,
+        )
     best_path = os.path.join(workdir, "best_config.py")
     write_best_config(best_path, config, {p.key: best[p.key] for p in params}, best, metric)
     print(

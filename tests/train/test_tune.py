@@ -1,0 +1,258 @@
+"""--mode=tune: search-space parsing, a 4-trial ASHA sweep on a local Ray, and the missing extra."""
+
+import csv
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from configs import unet
+from medjax import errors
+from medjax.train import tune as tune_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _config(*params):
+    c = unet.get_config("tiny")
+    c.tune.params = tuple(params)
+    c.lock()
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# The search space.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_each_distribution_parses_and_applies():
+    c = _config(
+        "optim.lr=loguniform(1e-4, 1e-2)",
+        " train.batch_size = choice(8, 16) ",
+        "optim.weight_decay=uniform(0, 0.1)",
+        "optim.name=grid('adam', 'sgd')",
+        "data.patch_size=choice((32, 32), (16, 16))",
+    )
+    params = tune_lib.parse_space(c)
+    assert [(p.key, p.dist, p.args) for p in params] == [
+        ("optim.lr", "loguniform", (1e-4, 1e-2)),
+        ("train.batch_size", "choice", (8, 16)),
+        ("optim.weight_decay", "uniform", (0.0, 0.1)),
+        ("optim.name", "grid", ("adam", "sgd")),
+        ("data.patch_size", "choice", ((32, 32), (16, 16))),
+    ]
+    out = tune_lib.apply_values(
+        c, {"optim.lr": 3e-3, "train.batch_size": 16, "data.patch_size": (16, 16)}
+    )
+    assert (out.optim.lr, out.train.batch_size, out.data.patch_size) == (3e-3, 16, (16, 16))
+    assert (c.optim.lr, c.train.batch_size) == (3e-3, 8)  # the original is untouched
+
+
+def test_ray_domains_draw_from_the_declared_distributions():
+    params = tune_lib.parse_space(
+        _config(
+            "optim.lr=loguniform(1e-4, 1e-2)",
+            "optim.weight_decay=uniform(0.2, 0.5)",
+            "train.batch_size=choice(8, 16, 24)",
+            "optim.name=grid('adam', 'sgd')",
+        )
+    )
+    space = tune_lib._ray_space(params)
+    rng = np.random.default_rng(0)
+    lr = np.asarray(space["optim.lr"].sample(size=2000, random_state=rng))
+    wd = np.asarray(space["optim.weight_decay"].sample(size=2000, random_state=rng))
+    bs = np.asarray(space["train.batch_size"].sample(size=3000, random_state=rng))
+    # Independent reference: scipy's uniform law on log(lr) and on wd (KS test).
+    lo, hi = math.log(1e-4), math.log(1e-2)
+    assert stats.kstest(np.log(lr), stats.uniform(lo, hi - lo).cdf).pvalue > 1e-3
+    assert stats.kstest(wd, stats.uniform(0.2, 0.3).cdf).pvalue > 1e-3
+    assert set(bs.tolist()) == {8, 16, 24}
+    assert np.all(np.abs(np.bincount(bs)[[8, 16, 24]] / 3000 - 1 / 3) < 0.05)
+    assert space["optim.name"] == {"grid_search": ["adam", "sgd"]}
+
+
+def test_max_epochs_is_the_largest_of_the_space():
+    assert tune_lib.max_epochs(_config("optim.lr=choice(0.1)"), []) == 2
+    c = _config("train.epochs=choice(3, 7, 5)")
+    assert tune_lib.max_epochs(c, tune_lib.parse_space(c)) == 7
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("optim.lrr=choice(0.1)", "unknown config key 'optim.lrr'"),
+        ("optimizer.lr=choice(0.1)", "unknown config key 'optimizer.lr'"),
+        ("optim=choice(1)", "'optim' is a config section"),
+        ("optim.lr=normal(0, 1)", "unknown distribution 'normal'"),
+        ("optim.lr", "expected 'config.key=dist(args)'"),
+        ("optim.lr=choice(0.1", "is not 'config.key=dist(args)'"),
+        ("optim.lr=choice(low=1)", "positional arguments"),
+        ("optim.lr=choice(x)", "must be literals"),
+        ("optim.lr=choice()", "choice() needs at least one value"),
+        ("optim.lr=uniform(1)", "takes two finite numbers"),
+        ("optim.lr=uniform(1, 'a')", "takes two finite numbers"),
+        ("optim.lr=uniform(0.2, 0.1)", "needs low < high"),
+        ("optim.lr=loguniform(0, 0.1)", "needs 0 < low < high"),
+        ("train.epochs=uniform(1, 5)", "train.epochs is an integer"),
+        ("train.epochs=choice(2, 2.5)", "train.epochs cannot hold 2.5"),
+        ("optim.lr=grid('fast')", "optim.lr cannot hold 'fast'"),
+    ],
+)
+def test_bad_spec_is_a_config_error_naming_it(spec, message):
+    with pytest.raises(errors.ConfigError, match="tune.params entry") as e:
+        tune_lib.parse_space(_config(spec))
+    assert message in str(e.value) and spec in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("params", (), "tune.params is empty"),
+        ("params", ("optim.lr=choice(1)", "optim.lr=uniform(0, 1)"), "optim.lr appear"),
+        ("mode", "maximum", "tune.mode='maximum'"),
+        ("num_samples", 0, "tune.num_samples=0"),
+        ("scheduler", "hyperband", "tune.scheduler='hyperband'"),
+        ("asha.reduction_factor", 1, "tune.asha.reduction_factor=1"),
+        ("resources_per_trial.cpus", 0.0, "tune.resources_per_trial.cpus=0.0"),
+    ],
+)
+def test_bad_tune_section_is_a_config_error(key, value, message):
+    c = unet.get_config("tiny")
+    c.tune.params = ("optim.lr=choice(0.1)",)
+    tune_lib._set(c.tune, key, value)
+    with pytest.raises(errors.ConfigError) as e:
+        tune_lib.parse_space(c)
+    assert message in str(e.value)
+
+
+def test_best_config_file_round_trips(tmp_path):
+    c = _config("optim.lr=loguniform(1e-4, 1e-2)", "model.kwargs.features=choice(4, 8)")
+    values = {"optim.lr": 0.00123, "model.kwargs.features": 8}
+    row = {"trial": "abc_00001", "epochs": 2, "status": "completed", "best val/dice": 0.5}
+    path = str(tmp_path / "best_config.py")
+    tune_lib.write_best_config(path, c, values, row, "val/dice")
+    spec = importlib.util.spec_from_file_location("best_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    got = module.get_config()
+    expected = c.copy_and_resolve_references()
+    expected.optim.lr, expected.model.kwargs.features = 0.00123, 8
+    assert got.to_dict() == expected.to_dict()
+    assert got.data.patch_size == (32, 32) and isinstance(got.augment, tuple | list)
+    with pytest.raises(errors.ConfigError):
+        module.get_config("tiny")
+
+
+# ---------------------------------------------------------------------------------------------
+# launch.py --mode=tune.
+# ---------------------------------------------------------------------------------------------
+
+
+def _env():
+    cache = os.environ["MEDJAX_CACHE"]
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "",
+        # The trials (Ray workers) inherit these: fast compiles, shared across trials and runs.
+        "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(cache, "jax"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+    }
+
+
+def _launch(*args, prefix=()):
+    return subprocess.run(
+        [sys.executable, *prefix, os.path.join(REPO, "launch.py"), *args],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+
+
+# A 4-trial space with a value that cannot learn (lr=0): ASHA stops it after its first epoch,
+# when its validation loss is worse than the median of the trials that got there before it.
+SWEEP = (
+    "--config=configs/unet.py:tiny",
+    "--mode=tune",
+    "--config.tune.params=('optim.lr=grid(0.01, 0.0)',)",
+    "--config.tune.num_samples=2",
+    "--config.tune.metric=val/loss",
+    "--config.tune.mode=min",
+    "--config.tune.max_concurrent=1",  # trials in order: lr 0.01, 0, 0.01, 0
+    "--config.tune.resources_per_trial.cpus=2",
+    "--config.schedule.name=constant",
+    "--config.schedule.warmup_steps=0",
+    "--config.train.steps_per_epoch=2",
+)
+
+
+def test_sweep_prunes_writes_the_best_config_which_trains(tmp_path):
+    sweep = str(tmp_path / "sweep")
+    r = _launch(*SWEEP, f"--workdir={sweep}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(os.path.join(sweep, "trials.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4, rows
+    by_status = {s: [r for r in rows if r["status"] == s] for s in ("pruned", "completed")}
+    assert len(by_status["pruned"]) >= 1, rows
+    assert all(float(r["optim.lr"]) == 0.0 and r["epochs"] == "1" for r in by_status["pruned"])
+    good = [r for r in rows if float(r["optim.lr"]) == 0.01]
+    assert len(good) == 2 and all(r["status"] == "completed" and r["epochs"] == "2" for r in good)
+    assert float(good[0]["best val/loss"]) < min(
+        float(r["best val/loss"]) for r in rows if float(r["optim.lr"]) == 0.0
+    )
+    for row in rows:  # each trial trained in its own workdir, with its own TensorBoard logs
+        files = os.listdir(row["workdir"])
+        assert "metrics.jsonl" in files and any(f.startswith("events.out") for f in files)
+    assert "trial" in r.stdout and "pruned" in r.stdout  # the printed table
+
+    # The same command again restores Ray's experiment: every trial is finished, none reruns.
+    again = _launch(*SWEEP, f"--workdir={sweep}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming the sweep" in again.stderr
+    with open(os.path.join(sweep, "trials.csv")) as f:
+        assert [(r["trial"], r["status"]) for r in csv.DictReader(f)] == [
+            (r["trial"], r["status"]) for r in rows
+        ]
+
+    best = os.path.join(sweep, "best_config.py")
+    run = str(tmp_path / "best")
+    t = _launch(
+        f"--config={best}",
+        f"--workdir={run}",
+        "--config.train.epochs=1",
+        "--config.train.steps_per_epoch=1",
+    )
+    assert t.returncode == 0, t.stderr[-3000:]
+    with open(os.path.join(run, "config.json")) as f:
+        trained = f.read()
+    assert '"lr": 0.01' in trained and os.path.isdir(os.path.join(run, "ckpt"))
+
+
+def test_without_ray_the_error_names_the_extra(tmp_path):
+    # A None entry in sys.modules makes `import ray` raise ImportError, as if not installed.
+    wrapper = tmp_path / "no_ray.py"
+    wrapper.write_text(
+        "import os, runpy, sys\n"
+        "sys.modules['ray'] = None\n"
+        "sys.argv = sys.argv[1:]\n"
+        "sys.path[0] = os.path.dirname(sys.argv[0])  # as if launch.py were run itself\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    r = _launch(
+        "--config=configs/unet.py:tiny",
+        "--mode=tune",
+        "--config.tune.params=('optim.lr=choice(0.1, 0.01)',)",
+        f"--workdir={tmp_path}/sweep",
+        prefix=(str(wrapper),),
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "medjax error:" in r.stderr and "pip install 'medjax[tune]'" in r.stderr
