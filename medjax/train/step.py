@@ -14,6 +14,7 @@ import optax
 
 from medjax.augment import compose as augment_lib
 from medjax.metrics import confusion
+from medjax.train import optim
 from medjax.train import state as state_lib
 
 Batch = dict[str, jax.Array]
@@ -61,7 +62,8 @@ def make_train_step(
     Args:
       loss_fn: ``loss(logits, labels) -> float32[B]`` (per example).
       augment_fn: per-example ``fn(key, sample) -> sample`` (vmapped here), or None.
-      schedule: the learning-rate schedule (logged as ``lr``).
+      schedule: the learning-rate schedule; ``lr`` logs ``schedule(step)`` times the
+        reduce-on-plateau scale found in the optimiser state (``optim.lr_scale``).
       precision: ``float32`` or ``bfloat16`` (bf16 compute; fp32 master weights and optimiser).
       grad_accum_steps: micro-batches per update.
 
@@ -129,7 +131,8 @@ def make_train_step(
             "grad_norm": optax.tree.norm(grads).astype(jnp.float32),
             "param_norm": optax.tree.norm(params).astype(jnp.float32),
             "update_norm": optax.tree.norm(updates).astype(jnp.float32),
-            "lr": jnp.asarray(schedule(state.step), jnp.float32),
+            # The rate in force: the schedule's times the reduce-on-plateau scale (1 without).
+            "lr": jnp.asarray(schedule(state.step) * optim.lr_scale(state.opt_state), jnp.float32),
         }
         return new_state, metrics
 
