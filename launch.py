@@ -90,6 +90,9 @@ def main(argv: list[str]) -> None:
                 f"medjax: store at {data.store_dir}: "
                 + ", ".join(f"{k}={len(v)}" for k, v in data.splits.items())
             )
+            from medjax.data import store
+
+            print(store.describe(data.store_dir))  # the fingerprint and the spec it resolved
         elif FLAGS.mode == "train":
             loop.train_and_evaluate(config, workdir)
             loop.evaluate(config, workdir)
