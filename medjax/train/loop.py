@@ -242,6 +242,7 @@ def train_and_evaluate(
       A summary: best metric and step, final step, checkpoint folder, last validation metrics.
     """
     run = _Run(config, workdir, for_training=True)
+    profile = _profile_window(config.train.profile_steps, run.total_steps)  # before any work
     writer = metric_writer.MetricWriter(run.workdir)
     if distributed.is_main():
         with open(os.path.join(run.workdir, "config.json"), "w") as f:
@@ -288,7 +289,6 @@ def train_and_evaluate(
     step = start_step
     pending: list[dict[str, jax.Array]] = []
     t_log, step_log = time.time(), step
-    profile = _profile_window(config.train.profile_steps, run.total_steps)
     tracing = False
     try:
         start_epoch = step // run.steps_per_epoch
