@@ -1,20 +1,15 @@
 """Hyperparameter sweeps on Ray Tune: ``run_sweep(config, workdir)`` (``launch.py --mode=tune``).
 
-The search space is ``config.tune.params``, a tuple of ``"config.key=dist(args)"`` specs:
-
-    choice(a, b, ...)       one of the values, drawn uniformly
-    uniform(low, high)      a float in [low, high)
-    loguniform(low, high)   a float whose logarithm is uniform (0 < low < high)
-    grid(a, b, ...)         every value; each grid point is run ``tune.num_samples`` times
-
-Each trial is the normal ``loop.train_and_evaluate`` on a copy of the config with the drawn
-values, in its own workdir ``<workdir>/trials/<trial id>`` (checkpoints, TensorBoard logs,
-``metrics.jsonl`` and the trial's console output in ``train.log``). It reports ``tune.metric``
-to Ray Tune after every validation, so ASHA can stop a poor trial early. Ray's experiment state
-lives in ``<workdir>/ray``: the same command on the same workdir resumes an interrupted sweep
-(``Tuner.restore``), and a restarted trial resumes from the checkpoint in its workdir. At the end
-the sweep writes ``<workdir>/trials.csv`` (one row per trial) and ``<workdir>/best_config.py``,
-a config file that ``launch.py --config=`` trains.
+The search space is ``config.tune.params``, a tuple of ``"config.key=dist(args)"`` specs with
+dist one of choice / uniform / loguniform / grid (``tune_space.py``). Each trial is the normal
+``loop.train_and_evaluate`` on a copy of the config with the drawn values, in its own workdir
+``<workdir>/trials/<trial id>`` (checkpoints, TensorBoard logs, ``metrics.jsonl`` and the trial's
+console output in ``train.log``). It reports ``tune.metric`` to Ray Tune after every validation,
+so ASHA can stop a poor trial early. Ray's experiment state lives in ``<workdir>/ray``: the same
+command on the same workdir resumes an interrupted sweep (``Tuner.restore``), and a restarted
+trial resumes from the checkpoint in its workdir. At the end the sweep writes
+``<workdir>/trials.csv`` (one row per trial) and ``<workdir>/best_config.py``, a config file that
+``launch.py --config=`` trains.
 
 Ray is imported only inside the functions that need it: it is the optional ``tune`` extra.
 """
@@ -24,7 +19,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import csv
-import dataclasses
 import json
 import logging
 import math
@@ -37,172 +31,9 @@ import ml_collections
 from flax import traverse_util
 
 from medjax import errors, registry
+from medjax.train import tune_space
 
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "grid")
-_FORMAT = "'config.key=dist(args)' with dist one of " + ", ".join(DISTRIBUTIONS)
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-# ---------------------------------------------------------------------------------------------
-# The search space.
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Param:
-    """One dimension of the search space: a config key and its distribution."""
-
-    key: str  # dotted config path, e.g. "optim.lr"
-    dist: str  # one of DISTRIBUTIONS
-    args: tuple[Any, ...]  # the values (choice, grid) or (low, high)
-
-
-def _lookup(config: ml_collections.ConfigDict, key: str, where: str) -> Any:
-    node: Any = config
-    for i, part in enumerate(key.split(".")):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            prefix = ".".join(key.split(".")[:i]) or "the config"
-            have = ", ".join(sorted(node)) if isinstance(node, ml_collections.ConfigDict) else ""
-            raise errors.ConfigError(
-                f"{where}: unknown config key {key!r} ({prefix} has: {have or 'no keys'})."
-            )
-        node = node[part]
-    if isinstance(node, ml_collections.ConfigDict):
-        raise errors.ConfigError(f"{where}: {key!r} is a config section, not a value.")
-    return node
-
-
-def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-    *parents, last = key.split(".")
-    node = config
-    for part in parents:
-        node = node[part]
-    node[last] = value
-
-
-def parse_param(spec: str, config: ml_collections.ConfigDict) -> Param:
-    """Parses one ``"config.key=dist(args)"`` spec and checks it against ``config``.
-
-    Arguments are Python literals (``ast.literal_eval``, never ``eval``).
-
-    Raises:
-      ConfigError: naming the spec: bad syntax, an unknown distribution or config key, or a
-        value the key cannot hold (e.g. a float draw for an integer key).
-    """
-    where = f"tune.params entry {spec!r}"
-    if not isinstance(spec, str) or "=" not in spec:
-        raise errors.ConfigError(f"{where}: expected {_FORMAT}.")
-    key, expr = (s.strip() for s in spec.split("=", 1))
-    try:
-        node = ast.parse(expr, mode="eval").body
-    except SyntaxError as e:
-        raise errors.ConfigError(f"{where}: {expr!r} is not {_FORMAT}.") from e
-    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)) or node.keywords:
-        raise errors.ConfigError(f"{where}: {expr!r} is not {_FORMAT} (positional arguments).")
-    dist = node.func.id
-    if dist not in DISTRIBUTIONS:
-        raise errors.ConfigError(
-            f"{where}: unknown distribution {dist!r}; expected one of {', '.join(DISTRIBUTIONS)}."
-        )
-    try:
-        args = tuple(ast.literal_eval(a) for a in node.args)
-    except ValueError as e:
-        raise errors.ConfigError(f"{where}: the arguments of {dist}() must be literals.") from e
-    current = _lookup(config, key, where)
-    if dist in ("choice", "grid"):
-        if not args:
-            raise errors.ConfigError(f"{where}: {dist}() needs at least one value.")
-        candidates = args
-    else:
-        if len(args) != 2 or not all(
-            isinstance(a, int | float) and not isinstance(a, bool) and math.isfinite(a)
-            for a in args
-        ):
-            raise errors.ConfigError(f"{where}: {dist}(low, high) takes two finite numbers.")
-        low, high = (float(a) for a in args)
-        if not low < high or (dist == "loguniform" and low <= 0):
-            bound = "0 < low < high" if dist == "loguniform" else "low < high"
-            raise errors.ConfigError(f"{where}: {dist}({low}, {high}) needs {bound}.")
-        if isinstance(current, int) and not isinstance(current, bool):
-            raise errors.ConfigError(
-                f"{where}: {key} is an integer but {dist}() draws floats; use choice() or grid()."
-            )
-        args, candidates = (low, high), (low, high)
-    probe = config.copy_and_resolve_references()
-    for value in candidates:
-        try:
-            _set(probe, key, value)
-        except (TypeError, ValueError) as e:
-            raise errors.ConfigError(
-                f"{where}: {key} cannot hold {value!r} (it is {current!r}): {e}"
-            ) from e
-    return Param(key, dist, args)
-
-
-def parse_space(config: ml_collections.ConfigDict) -> list[Param]:
-    """Checks ``config.tune`` and returns its search space, one ``Param`` per entry.
-
-    Raises:
-      ConfigError: naming the ``tune.*`` key or the ``tune.params`` entry that is wrong.
-    """
-    t = config.tune
-    specs = t.params
-    if isinstance(specs, str) or not isinstance(specs, tuple | list):
-        raise errors.ConfigError(f"tune.params must be a tuple of {_FORMAT}; got {specs!r}.")
-    if not specs:
-        raise errors.ConfigError(
-            "tune.params is empty: declare the search space, e.g. "
-            "--config.tune.params='(\"optim.lr=loguniform(1e-4, 1e-2)\",)'."
-        )
-    params = [parse_param(s, config) for s in specs]
-    keys = [p.key for p in params]
-    if dupes := sorted({k for k in keys if keys.count(k) > 1}):
-        raise errors.ConfigError(f"tune.params: {', '.join(dupes)} appear more than once.")
-    checks = [
-        (t.mode in ("min", "max"), "tune.mode", "'min' or 'max'"),
-        (t.num_samples >= 1, "tune.num_samples", ">= 1"),
-        (t.max_concurrent >= 0, "tune.max_concurrent", ">= 0 (0: as the resources allow)"),
-        (t.scheduler in ("asha", "fifo"), "tune.scheduler", "'asha' or 'fifo'"),
-        (t.asha.grace_period >= 1, "tune.asha.grace_period", ">= 1 epoch"),
-        (t.asha.reduction_factor > 1, "tune.asha.reduction_factor", "> 1"),
-        (t.asha.max_t >= 0, "tune.asha.max_t", ">= 0 epochs (0: the largest train.epochs)"),
-        (t.resources_per_trial.cpus > 0, "tune.resources_per_trial.cpus", "> 0"),
-        (t.resources_per_trial.gpus >= 0, "tune.resources_per_trial.gpus", ">= 0"),
-        (bool(t.metric), "tune.metric", "a validation metric such as 'val/dice'"),
-    ]
-    for ok, key, allowed in checks:
-        if not ok:
-            raise errors.ConfigError(f"{key}={_lookup(config, key, key)!r}: must be {allowed}.")
-    return params
-
-
-def apply_values(config: ml_collections.ConfigDict, values: dict[str, Any]) -> Any:
-    """A copy of ``config`` with ``values`` (``{"optim.lr": 0.01, ...}``) set."""
-    out = config.copy_and_resolve_references()
-    for key, value in values.items():
-        _set(out, key, value)
-    return out
-
-
-def max_epochs(config: ml_collections.ConfigDict, params: list[Param]) -> int:
-    """ASHA's ``max_t``: ``tune.asha.max_t``, else the largest ``train.epochs`` of the space."""
-    if config.tune.asha.max_t:
-        return int(config.tune.asha.max_t)
-    epochs = [config.train.epochs]
-    epochs += [v for p in params if p.key == "train.epochs" for v in p.args]
-    return int(max(epochs))
-
-
-def _ray_space(params: list[Param]) -> dict[str, Any]:
-    from ray import tune
-
-    make = {
-        "choice": lambda a: tune.choice(list(a)),
-        "grid": lambda a: tune.grid_search(list(a)),
-        "uniform": lambda a: tune.uniform(*a),
-        "loguniform": lambda a: tune.loguniform(*a),
-    }
-    return {p.key: make[p.dist](p.args) for p in params}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +54,7 @@ def _trial(values: dict[str, Any], base: ml_collections.ConfigDict, sweep_dir: s
 
     workdir = trial_workdir(sweep_dir, tune.get_context().get_trial_id())
     os.makedirs(workdir, exist_ok=True)
-    config = apply_values(base, values)
+    config = tune_space.apply_values(base, values)
     metric = base.tune.metric
     with open(os.path.join(workdir, "tune_params.json"), "w") as f:
         json.dump(values, f, indent=1)
@@ -343,7 +174,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
       MedjaxError: Ray Tune is not installed (the ``tune`` extra).
       TrainingError: no trial reported the metric.
     """
-    params = parse_space(config)
+    params = tune_space.parse_space(config)
     try:
         from ray import tune
         from ray.tune import schedulers, search
@@ -383,7 +214,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
             if t.scheduler == "asha":
                 scheduler = schedulers.ASHAScheduler(
                     time_attr="epoch",
-                    max_t=max_epochs(config, params),
+                    max_t=tune_space.max_epochs(config, params),
                     grace_period=t.asha.grace_period,
                     reduction_factor=t.asha.reduction_factor,
                     # A trial at its last epoch finishes (and checkpoints) on its own.
@@ -391,7 +222,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
                 )
             tuner = tune.Tuner(
                 trainable,
-                param_space=_ray_space(params),
+                param_space=tune_space.ray_space(params),
                 tune_config=tune.TuneConfig(
                     metric=t.metric,
                     mode=t.mode,
@@ -432,7 +263,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
 
 
 def _row(
-    trial: Any, df: Any, params: list[Param], config: ml_collections.ConfigDict, workdir: str
+    trial: Any,
+    df: Any,
+    params: list[tune_space.Param],
+    config: ml_collections.ConfigDict,
+    workdir: str,
 ) -> dict[str, Any]:
     """One line of the table from a Ray ``Trial`` and its results (a DataFrame or None)."""
     metric, mode = config.tune.metric, config.tune.mode
