@@ -19,7 +19,8 @@ Parameter count for the book's configuration (1 channel, 8 base channels, 2 clas
 
 which is torch's ``sum(p.numel() for p in LunaModel().parameters())`` (the running mean and
 variance are buffers there and ``batch_stats`` here). The head's input size follows the input
-shape, as the flatten does in torch.
+shape, as the flatten does in torch. ``num_blocks`` (4 in the book) is a sweep knob: fewer blocks
+keep more resolution before the head, more need larger cutouts (``2**num_blocks`` per axis).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medjax import registry
+from medjax import errors, registry
 from medjax.models import classifiers, layers
 
 # The book's init: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu").
@@ -78,6 +79,7 @@ class LunaModel(nn.Module):
       num_classes: logits per example (2: nodule / not nodule).
       in_channels: expected input channels (checked when set; Flax infers it anyway).
       channels: features of the first block; block ``i`` has ``channels * 2**i``.
+      num_blocks: conv blocks, each halving every spatial axis (4 in the book).
       dropout: dropout rate before the head (0 in the book); with ``rate > 0`` training needs
         ``rngs={"dropout": key}``.
     """
@@ -86,24 +88,33 @@ class LunaModel(nn.Module):
     in_channels: int | None = 1
     channels: int = 8
     dropout: float = 0.0
+    num_blocks: int = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Logits for a batch of cutouts.
 
         Args:
-          x: ``float32[B, D, H, W, C]`` or ``float32[B, H, W, C]``; each spatial size >= 16.
+          x: ``float32[B, D, H, W, C]`` or ``float32[B, H, W, C]``; each spatial size
+            >= ``2**num_blocks`` (16 for the book's 4 blocks).
           train: batch statistics (update them with ``mutable=["batch_stats"]``) and dropout.
 
         Returns:
           ``float32[B, num_classes]`` logits.
         """
         classifiers.spatial_rank(x, self.in_channels, "LunaModel")
+        if self.num_blocks < 1 or min(x.shape[1:-1]) < 2**self.num_blocks:
+            # Each block halves every axis (floor): past that, the head would see no voxel.
+            raise errors.ConfigError(
+                f"LunaModel: model.kwargs.num_blocks={self.num_blocks} needs num_blocks >= 1 and "
+                f"inputs of at least {2 ** max(self.num_blocks, 0)} voxels per spatial axis; "
+                f"got shape {x.shape}."
+            )
         # torch BatchNorm3d defaults: momentum 0.1 (= 0.9 decay here), eps 1e-5.
         x = nn.BatchNorm(
             use_running_average=not train, momentum=0.9, epsilon=1e-5, name="tail_batchnorm"
         )(x)
-        for i in range(4):
+        for i in range(self.num_blocks):
             x = LunaBlock(self.channels * 2**i, name=f"block{i + 1}")(x)
         x = x.reshape(x.shape[0], -1)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -117,9 +128,17 @@ class LunaModel(nn.Module):
 
 @registry.register("models.luna", "models.LunaModel")
 def get_luna(
-    num_classes: int = 2, in_channels: int | None = 1, channels: int = 8, dropout: float = 0.0
+    num_classes: int = 2,
+    in_channels: int | None = 1,
+    channels: int = 8,
+    dropout: float = 0.0,
+    num_blocks: int = 4,
 ) -> LunaModel:
     """Factory of ``LunaModel`` (see its attributes): ``[B, *spatial, C]`` -> logits ``[B, K]``."""
     return LunaModel(
-        num_classes=num_classes, in_channels=in_channels, channels=channels, dropout=dropout
+        num_classes=num_classes,
+        in_channels=in_channels,
+        channels=channels,
+        dropout=dropout,
+        num_blocks=num_blocks,
     )

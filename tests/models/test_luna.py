@@ -54,3 +54,24 @@ def test_channel_check_and_registry_alias():
     with pytest.raises(errors.ConfigError, match="in_channels"):
         _abstract_params(model, (2, 16, 16, 16, 3))
     assert isinstance(registry.lookup("models", "LunaModel(channels=4)"), luna.LunaModel)
+
+
+def test_num_blocks_changes_depth_and_head_size():
+    # 3 blocks on the book's 32x48x48 cutout: the head sees 32 channels x (4 * 6 * 6) voxels;
+    # 1,960 + 10,400 + 41,536 (the docstring's first three blocks) + 2 + 4608 * 2 + 2.
+    params = _abstract_params(luna.get_luna(num_blocks=3), (1, 32, 48, 48, 1))
+    chans = [1, 8, 16, 32]
+    convs = sum(27 * a * b + b + 27 * b * b + b for a, b in zip(chans, chans[1:], strict=False))
+    assert classifiers.count_params(params) == 2 + convs + 4608 * 2 + 2 == 63_116
+    assert sorted(k for k in params if k.startswith("block")) == ["block1", "block2", "block3"]
+    # 5 blocks in 2D (64x64 -> 2x2, 4 * 2**4 = 64 channels): another hand count.
+    params = _abstract_params(luna.get_luna(channels=4, num_blocks=5), (2, 64, 64, 1))
+    chans = [1, 4, 8, 16, 32, 64]
+    convs = sum(9 * a * b + b + 9 * b * b + b for a, b in zip(chans, chans[1:], strict=False))
+    assert classifiers.count_params(params) == 2 + convs + 64 * 4 * 2 + 2
+
+
+@pytest.mark.parametrize("num_blocks", [0, 5])
+def test_num_blocks_too_deep_for_the_input_names_the_key(num_blocks):
+    with pytest.raises(errors.ConfigError, match=f"num_blocks={num_blocks}"):
+        _abstract_params(luna.get_luna(num_blocks=num_blocks), (1, 16, 16, 16, 1))
