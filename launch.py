@@ -25,6 +25,12 @@ flags.DEFINE_enum(
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's id.")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Multi-process with JAX's own cluster detection (Cloud TPU pods, Kubernetes, SLURM, "
+    "Open MPI); SLURM/Open MPI jobs with more than one task are detected without it.",
+)
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -39,6 +45,8 @@ def _maybe_initialize_distributed() -> None:
     )
     if explicit:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    elif FLAGS.distributed:
+        jax.distributed.initialize()
     elif (
         cluster
         and int(os.environ.get("SLURM_NTASKS", os.environ.get("OMPI_COMM_WORLD_SIZE", "2"))) > 1
