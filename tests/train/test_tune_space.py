@@ -116,3 +116,23 @@ def test_bad_tune_section_is_a_config_error(key, value, message):
     with pytest.raises(errors.ConfigError) as e:
         tune_space.parse_space(c)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("arg", [None, "tiny"])
+def test_luna_tune_space_parses(arg):
+    from configs import luna_tune
+
+    c = luna_tune.get_config(arg)
+    c.lock()
+    params = tune_space.parse_space(c)
+    assert [p.key for p in params] == [
+        "optim.lr",
+        "train.batch_size",
+        "train.epochs",
+        "model.kwargs.num_blocks",
+        "model.kwargs.channels",
+        "model.kwargs.dropout",
+        "optim.name",
+    ]
+    assert c.tune.metric == "val/auc" and c.model.name == "luna"
+    assert tune_space.max_epochs(c, params) == (2 if arg else 10)
