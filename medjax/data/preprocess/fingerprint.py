@@ -186,7 +186,8 @@ def suggest_target_spacing(fingerprint: Mapping[str, Any]) -> list[float]:
     10th percentile of its spacings (finer than the median), but never finer than the others.
 
     "Strongly anisotropic" needs both: its median spacing is > 3x the finest other axis, and
-    its median size in voxels is < 1/3 of the smallest other axis (few thick slices).
+    its median size in voxels is < 1/3 of the smallest other axis (few thick slices). Values
+    are rounded to 1e-6 mm: headers store float32 spacings (0.9 reads as 0.8999999761...).
     """
     spacings = np.asarray(fingerprint["spacings"], np.float64)
     target = np.median(spacings, axis=0)
@@ -194,13 +195,13 @@ def suggest_target_spacing(fingerprint: Mapping[str, Any]) -> list[float]:
     worst = int(np.argmax(target))
     others = [a for a in range(len(target)) if a != worst]
     if not others:
-        return target.tolist()
+        return np.round(target, 6).tolist()
     aniso_spacing = target[worst] > ANISOTROPY_RATIO * min(target[others])
     aniso_voxels = shape[worst] * ANISOTROPY_RATIO < min(shape[others])
     if aniso_spacing and aniso_voxels:
         finer = np.percentile(spacings[:, worst], 10)
         target[worst] = max(finer, max(target[others]) + 1e-5)
-    return target.tolist()
+    return np.round(target, 6).tolist()
 
 
 def suggest_normalization(fingerprint: Mapping[str, Any], modality: str | None) -> dict[str, Any]:

@@ -106,7 +106,10 @@ def resolve_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
                 + (", or 'auto'." if key == "target_spacing_mm" else ".")
             )
         if out[key] is not None:
-            out[key] = [int(v) if key == "target_size" else float(v) for v in out[key]]
+            try:
+                out[key] = [int(v) if key == "target_size" else float(v) for v in out[key]]
+            except (TypeError, ValueError) as e:
+                raise errors.ConfigError(f"{key}={out[key]!r} is not a tuple of numbers.") from e
             if any(v <= 0 for v in out[key]):
                 raise errors.ConfigError(f"{key}={out[key]} must be positive.")
     out["normalization"] = dict(out["normalization"])
@@ -114,6 +117,12 @@ def resolve_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
         if set(out["normalization"]) != {"name"}:
             raise errors.ConfigError(
                 f"normalization={out['normalization']}: 'auto' takes no other keys."
+            )
+        if not out["modality"]:
+            # Checked here, before the fingerprint pass reads every case.
+            raise errors.ConfigError(
+                "normalization.name='auto' needs data.preprocess.modality: 'CT' (dataset-wide "
+                "window + z-score) or another modality such as 'MR' (per-image z-score)."
             )
     else:
         normalize_lib.check_params(out["normalization"])  # fail at spec time, not at a case
