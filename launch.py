@@ -56,8 +56,13 @@ def _maybe_initialize_distributed() -> None:
 
 def _tune() -> None:
     """``--mode=tune``: a Ray Tune sweep (medjax/train/tune.py) instead of one run."""
+    import jax
+
     from medjax import errors
     from medjax.train import tune
+
+    # The driver only builds the dataset: JAX on CPU here leaves the accelerators to the trials.
+    jax.config.update("jax_platforms", "cpu")
 
     workdir = FLAGS.workdir or os.path.join("runs", "tune-" + time.strftime("%Y%m%d-%H%M%S"))
     try:
