@@ -250,7 +250,10 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         # trials are TERMINATED, those of an interrupted sweep are not) and reported history.
         analysis = tune.ExperimentAnalysis(ray_dir)
         frames = analysis.trial_dataframes
-        rows = [_row(t, frames.get(t.trial_id), params, config, workdir) for t in analysis.trials]
+        rows = [
+            _row(trial, frames.get(trial.trial_id), params, config, workdir)
+            for trial in analysis.trials
+        ]
     finally:
         if started:
             ray.shutdown()
