@@ -1,9 +1,14 @@
-"""2D raster images (PNG, JPEG, TIFF, BMP) as ``Volume`` through Pillow.
+"""2D raster images (PNG, JPEG, TIFF, BMP) and multi-page TIFF stacks as ``Volume`` (Pillow).
 
 Array layout is ``[H, W]`` for grayscale and ``[H, W, C]`` for colour (RGB: C=3, RGBA: C=4,
 grayscale + alpha: C=2), i.e. axis 0 runs down the rows and axis 1 along the columns. The
 geometry is 2D: origin ``(0, 0)``, identity direction, and a spacing in mm taken from the file's
 resolution metadata (PNG ``pHYs``, TIFF/BMP/JPEG resolution) when it is physical, else 1 mm.
+
+A multi-page TIFF is a 3D stack ``[D, H, W(, C)]`` with the pages along axis 0 (origin 0,
+identity direction). Its in-plane spacing comes from the resolution tags as above (or ImageJ's
+``unit=`` with unitless resolution tags); the page spacing from ImageJ's ``spacing=`` in the
+ImageDescription when present, else 1 mm. Every page must have the first page's size and mode.
 """
 
 from __future__ import annotations
@@ -47,6 +52,86 @@ def _spacing_from_info(info: dict, path: str) -> tuple[tuple[float, float], str]
     return (_MM_PER_INCH / y_dpi, _MM_PER_INCH / x_dpi), "metadata"
 
 
+# ImageJ length units (its ImageDescription ``unit=``) in mm; ImageJ writes micro as "\\u00B5m".
+_IMAGEJ_UNIT_MM = {
+    "mm": 1.0,
+    "millimeter": 1.0,
+    "cm": 10.0,
+    "m": 1000.0,
+    "meter": 1000.0,
+    "inch": _MM_PER_INCH,
+    "micron": 1e-3,
+    "um": 1e-3,
+    "\u00b5m": 1e-3,
+    "\\u00b5m": 1e-3,
+    "nm": 1e-6,
+}
+
+
+def _imagej_fields(description: object) -> dict[str, str]:
+    """``key=value`` lines of an ImageJ ImageDescription (``{}`` for any other description)."""
+    if not isinstance(description, str) or not description.startswith("ImageJ="):
+        return {}
+    fields = {}
+    for line in description.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _info(img: Image.Image) -> dict:
+    """``img.info`` without the resolution Pillow invents for a TIFF that has no such tags."""
+    info = dict(img.info)
+    if img.format == "TIFF" and 282 not in img.tag_v2:  # 282: XResolution
+        # Pillow then reports TIFF's defaults, 1 pixel per inch (25.4 mm), as if they were set.
+        info.pop("dpi", None)
+        info.pop("resolution", None)
+    return info
+
+
+def _stack_spacing(
+    img: Image.Image, info: dict, path: str
+) -> tuple[tuple[float, float, float], str]:
+    """``((page_mm, row_mm, col_mm), source)`` of a multi-page TIFF (see the module docstring)."""
+    (row_mm, col_mm), source = _spacing_from_info(info, path)
+    fields = _imagej_fields(img.tag_v2.get(270))
+    unit_mm = _IMAGEJ_UNIT_MM.get(fields.get("unit", "").lower())
+    resolution = info.get("resolution")
+    if source == "default" and unit_mm is not None and resolution and min(resolution) > 0:
+        # ImageJ stores pixels per `unit` with ResolutionUnit "none", so Pillow gives no dpi.
+        row_mm, col_mm = unit_mm / float(resolution[1]), unit_mm / float(resolution[0])
+        source = "imagej"
+    page_mm, page_source = 1.0, "default"
+    try:
+        if unit_mm is not None and float(fields.get("spacing", "nan")) > 0:
+            page_mm, page_source = float(fields["spacing"]) * unit_mm, "imagej"
+    except ValueError:
+        logging.warning("%s: ImageJ spacing=%r is not a number.", path, fields.get("spacing"))
+    return (page_mm, row_mm, col_mm), f"pages: {page_source}, in-plane: {source}"
+
+
+def _read_pages(img: Image.Image, path: str, label: bool) -> np.ndarray:
+    """All pages of a multi-page TIFF stacked along a new axis 0: ``[D, H, W(, C)]``."""
+    first_size, first_mode = img.size, img.mode
+    stack = None
+    for page in range(img.n_frames):
+        img.seek(page)
+        if (img.size, img.mode) != (first_size, first_mode):
+            raise errors.DataError(
+                f"{path}: page {page} is {img.size[1]}x{img.size[0]} mode {img.mode} but page 0 "
+                f"is {first_size[1]}x{first_size[0]} mode {first_mode}; a stack needs pages of "
+                "one size and mode."
+            )
+        img.load()
+        array = _to_array(img, path, label)
+        if stack is None:
+            # Filled page by page: only one decoded page exists besides the stack.
+            stack = np.empty((img.n_frames, *array.shape), array.dtype)
+        stack[page] = array
+    return stack
+
+
 def _to_array(img: Image.Image, path: str, label: bool) -> np.ndarray:
     """Pillow image -> numpy in our layout, keeping the stored bit depth."""
     mode = img.mode
@@ -79,7 +164,7 @@ def _to_array(img: Image.Image, path: str, label: bool) -> np.ndarray:
 def read_image2d(
     path: str | os.PathLike, *, label: bool = False, spacing_from_metadata: bool = True
 ) -> volume_lib.Volume:
-    """Reads a PNG/JPEG/TIFF/BMP image into a 2D ``Volume``.
+    """Reads a PNG/JPEG/TIFF/BMP image into a 2D ``Volume`` (a multi-page TIFF: 3D).
 
     Args:
       path: the image file.
@@ -92,9 +177,13 @@ def read_image2d(
       ``Volume`` with ``array`` ``[H, W]`` (uint8 / uint16 / int32 / float32 as stored) or
       ``[H, W, C]`` (uint8, C in 2..4); spacing ``(row_mm, col_mm)``; origin ``(0, 0)``;
       identity direction; ``meta`` with ``path``, ``format``, ``mode``, ``spacing_source``.
+      A multi-page TIFF gives ``[D, H, W(, C)]`` (pages along D), spacing
+      ``(page_mm, row_mm, col_mm)``, origin ``(0, 0, 0)``, identity direction and
+      ``meta["pages"]``.
 
     Raises:
-      DataError: the file is missing, not an image, truncated or corrupt, or multi-frame.
+      DataError: the file is missing, not an image, truncated or corrupt, a multi-frame
+        non-TIFF (GIF, APNG), or a TIFF whose pages differ in size or mode.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -109,18 +198,34 @@ def read_image2d(
         with Image.open(path) as img:
             img.verify()
         with Image.open(path) as img:
-            if getattr(img, "n_frames", 1) > 1:
+            pages = getattr(img, "n_frames", 1)
+            if pages > 1 and img.format != "TIFF":
                 raise errors.DataError(
-                    f"{path}: has {img.n_frames} frames; read_image2d reads single 2D images "
-                    "(use medjax.data.io.itk for image stacks)."
+                    f"{path}: has {pages} frames; only TIFF stacks are read as volumes (use "
+                    "medjax.data.io.itk for other image stacks)."
                 )
-            img.load()
-            fmt, mode, info = img.format, img.mode, dict(img.info)
-            array = _to_array(img, path, label)
+            fmt, mode, info = img.format, img.mode, _info(img)
+            if pages > 1:
+                array = _read_pages(img, path, label)
+                img.seek(0)  # spacing tags of the first page
+                spacing3, source3 = _stack_spacing(img, _info(img), path)
+            else:
+                img.load()
+                array = _to_array(img, path, label)
     except errors.DataError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise errors.DataError(f"{path}: cannot read image ({type(e).__name__}: {e}).") from e
+    except TypeError as e:
+        # Pillow's TIFF reader raises TypeError("Missing dimensions") on a page directory cut
+        # short; name the file like any other corrupt input.
+        raise errors.DataError(f"{path}: corrupt or truncated image (TypeError: {e}).") from e
+    if pages > 1:
+        if not spacing_from_metadata:
+            spacing3, source3 = (1.0, 1.0, 1.0), "default"
+        meta = {"path": path, "format": fmt, "mode": mode, "spacing_source": source3}
+        meta["pages"] = pages
+        return volume_lib.Volume(array, spacing3, (0.0, 0.0, 0.0), np.eye(3), meta)
     if spacing_from_metadata:
         spacing, source = _spacing_from_info(info, path)
     else:

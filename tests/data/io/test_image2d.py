@@ -1,5 +1,7 @@
 """Tests for medjax.data.io.image2d: real PNG/TIFF/BMP/JPEG files written in tmp_path."""
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -142,3 +144,109 @@ def test_write_bool_mask_and_int_label_as_uint8_or_uint16(tmp_path):
     image2d.write_image2d(volume_lib.Volume(lab, (1, 1), (0, 0), np.eye(2)), tmp_path / "l.png")
     back = image2d.read_image2d(tmp_path / "l.png")
     np.testing.assert_array_equal(back.array, lab)  # int32 is written as 16-bit, values kept
+
+
+# --- multi-page TIFF stacks ----------------------------------------------------------------------
+
+
+def _save_stack(path, arrays, **kwargs):
+    pages = [Image.fromarray(a) for a in arrays]
+    pages[0].save(path, save_all=True, append_images=pages[1:], **kwargs)
+
+
+def test_multipage_tiff_reads_as_volume_with_resolution_and_imagej_spacing(tmp_path):
+    pages = [_gray() * 0 + np.uint8(k) + _gray() // 4 for k in range(3)]
+    path = tmp_path / "stack.tif"
+    description = "ImageJ=1.54f\nimages=3\nslices=3\nunit=mm\nspacing=2.5\n"
+    # 127 dpi down the rows (y) and 254 dpi along the columns (x): 0.2 mm x 0.1 mm pixels.
+    _save_stack(path, pages, dpi=(254, 127), description=description)
+    vol = image2d.read_image2d(path)
+    assert vol.array.shape == (3, 12, 20) and vol.array.dtype == np.uint8
+    np.testing.assert_array_equal(vol.array, np.stack(pages))
+    np.testing.assert_allclose(vol.spacing, (2.5, 25.4 / 127, 25.4 / 254), rtol=1e-9)
+    assert vol.origin == (0.0, 0.0, 0.0)
+    np.testing.assert_array_equal(vol.direction, np.eye(3))
+    assert vol.meta["pages"] == 3 and vol.meta["spacing_source"] == (
+        "pages: imagej, in-plane: metadata"
+    )
+    # Through the public entry point too.
+    from medjax.data import io as io_lib
+
+    assert io_lib.read_volume(path).array.shape == (3, 12, 20)
+
+
+def test_multipage_tiff_without_metadata_rgb_and_uint16(tmp_path):
+    rgb = [np.stack([_gray(), _gray() // 2, _gray() // 3], axis=-1) + k for k in range(2)]
+    _save_stack(tmp_path / "rgb.tif", rgb)
+    vol = image2d.read_image2d(tmp_path / "rgb.tif")
+    assert vol.array.shape == (2, 12, 20, 3)
+    np.testing.assert_array_equal(vol.array, np.stack(rgb))
+    assert vol.spacing == (1.0, 1.0, 1.0) and vol.meta["spacing_source"].startswith("pages: def")
+    wide = [(np.arange(6 * 7).reshape(6, 7) * 1000 + k).astype(np.uint16) for k in range(4)]
+    _save_stack(tmp_path / "wide.tif", wide)
+    back = image2d.read_image2d(tmp_path / "wide.tif")
+    assert back.array.dtype == np.uint16 and back.array.shape == (4, 6, 7)
+    np.testing.assert_array_equal(back.array, np.stack(wide))
+
+
+def test_multipage_tiff_imagej_unitless_resolution_in_microns(tmp_path):
+    path = tmp_path / "micro.tif"
+    # ImageJ: 2 pixels per micron in x and y (ResolutionUnit none), 3 micron between slices.
+    description = "ImageJ=1.54f\nimages=2\nslices=2\nunit=micron\nspacing=3\n"
+    _save_stack(
+        path, [_gray(), _gray()], resolution=2.0, resolution_unit=1, description=description
+    )
+    vol = image2d.read_image2d(path)
+    np.testing.assert_allclose(vol.spacing, (0.003, 0.0005, 0.0005), rtol=1e-9)
+    assert vol.meta["spacing_source"] == "pages: imagej, in-plane: imagej"
+
+
+def test_multipage_tiff_palette_label_pages(tmp_path):
+    masks = []
+    for k in range(2):
+        m = np.zeros((8, 8), np.uint8)
+        m[k : k + 3, 2:5] = k + 1
+        masks.append(m)
+    pages = []
+    for m in masks:
+        p = Image.fromarray(m, mode=None).convert("P")
+        p.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))
+        pages.append(p)
+    pages[0].save(tmp_path / "mask.tif", save_all=True, append_images=pages[1:])
+    vol = image2d.read_image2d(tmp_path / "mask.tif", label=True)
+    np.testing.assert_array_equal(vol.array, np.stack(masks))
+
+
+@pytest.mark.parametrize("odd", ["size", "mode"])
+def test_multipage_tiff_pages_that_differ_raise(tmp_path, odd):
+    first = Image.fromarray(_gray())
+    other = Image.fromarray(_gray(10, 20)) if odd == "size" else first.convert("RGB")
+    path = tmp_path / "mixed.tif"
+    first.save(path, save_all=True, append_images=[first, other])
+    with pytest.raises(errors.DataError, match=r"mixed\.tif: page 2 is .* but page 0 is 12x20"):
+        image2d.read_image2d(path)
+
+
+def test_multipage_gif_is_still_refused(tmp_path):
+    path = tmp_path / "anim.gif"
+    _save_stack(path, [_gray(), _gray() + 1])
+    with pytest.raises(errors.DataError, match="only TIFF stacks"):
+        image2d.read_image2d(path)
+
+
+def test_tiff_without_resolution_tags_is_1mm_not_pillows_1dpi_default(tmp_path):
+    # Pillow reports dpi (1, 1) for a TIFF without resolution tags: that is not 25.4 mm pixels.
+    Image.fromarray(_gray()).save(tmp_path / "plain.tif")
+    assert 282 not in Image.open(tmp_path / "plain.tif").tag_v2
+    vol = image2d.read_image2d(tmp_path / "plain.tif")
+    assert vol.spacing == (1.0, 1.0) and vol.meta["spacing_source"] == "default"
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.8, 0.95])
+def test_truncated_multipage_tiff_names_the_file(tmp_path, cut):
+    path = tmp_path / "cut.tif"
+    _save_stack(path, [np.full((40, 50), k, np.uint8) for k in range(3)])
+    with open(path, "r+b") as f:
+        f.truncate(int(os.path.getsize(path) * cut))
+    with pytest.raises(errors.DataError, match=r"cut\.tif: (cannot read|corrupt or truncated)"):
+        image2d.read_image2d(path)
