@@ -5,9 +5,12 @@ dense skips. Default (built-in synthetic sagittal T2w slices, 64x64):
     python launch.py --config=configs/unetpp.py
   slower than ``configs/unet.py``: depth 4 adds six nested conv blocks at full-size levels.
 
-Deep supervision (``--config.model.kwargs.deep_supervision=True``) is left off: its outputs
-are all full resolution, and the trainer's default level weights (made for outputs of falling
-resolution) would give the shallowest one, X^{0,1}, weight 0.
+Deep supervision (``--config.model.kwargs.deep_supervision=True``) is off by default. Its
+``depth - 1`` outputs are all full resolution, so this config sets equal
+``loss.deep_supervision_weights`` (the paper averages the heads' losses; nnU-Net's default,
+made for outputs of falling resolution, would give the shallowest one, X^{0,1}, weight 0).
+With another ``model.kwargs.depth`` give matching weights, e.g. depth 5:
+``--config.loss.deep_supervision_weights='(0.25, 0.25, 0.25, 0.25)'``.
 
 Tiny (tests, seconds): ``configs/unetpp.py:tiny`` (depth 3, features 4, 32x32).
 """
@@ -22,4 +25,6 @@ def get_config(arg: str | None = None):
     c.model.name = "unetpp"
     if args.tiny or args.variant == "tiny":
         c.model.kwargs.depth = 3  # UNet's tiny depth 2 would leave no nesting: UNet++ = UNet
+    heads = c.model.kwargs.depth - 1  # used only with deep supervision on
+    c.loss.deep_supervision_weights = (1.0 / heads,) * heads
     return c
