@@ -280,7 +280,11 @@ def _row(
     error = None
     if trial.status == "ERROR":
         status, error = "error", trial.get_pickled_error() or trial.get_error()
-    elif os.path.exists(os.path.join(trial_workdir(workdir, trial_id), "tune_done.json")):
+    elif os.path.exists(os.path.join(trial_workdir(workdir, trial_id), "tune_done.json")) or (
+        # ASHA's top rung is at max_t: it may stop a trial at its last validation.
+        trial.status == "TERMINATED"
+        and epochs >= (trial.config or {}).get("train.epochs", config.train.epochs)
+    ):
         status = "completed"
     elif trial.status == "TERMINATED":
         status = "pruned"  # stopped by the scheduler before its last epoch
