@@ -40,6 +40,10 @@ _DUPLICATE_MM = 0.01
 _POSITION_ATOL_MM = 0.02
 # A step this many times the median step means slices are missing.
 _GAP_FACTOR = 1.5
+# Element values longer than this are not read by the header scan: pydicom records where they
+# are and reads them when first used (``defer_size``). The scan's datasets then serve the pixel
+# read too (one parse per file), and only the slice being decoded has its pixel bytes in memory.
+_DEFER_BYTES = 16 * 1024
 _INSTALL_HINT = (
     'install a decoder plugin: `pip install "pydicom[pixeldata]"` (all of them), or e.g. '
     "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` / `pip install pyjpegls`"
@@ -86,16 +90,17 @@ class _Frame:
 
 
 def _read_header(path: str) -> tuple[pydicom.Dataset | None, bool, str]:
-    """Reads a header; returns ``(dataset or None, forced, reason it is skipped)``."""
+    """Parses a file with its pixel data left on disk (deferred); returns ``(dataset or None,
+    forced, reason it is skipped)``. ``_decode`` reads the pixels from the same dataset."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True), False, ""
+        return pydicom.dcmread(path, defer_size=_DEFER_BYTES), False, ""
     except pydicom.errors.InvalidDicomError:
         pass  # No 128-byte preamble + "DICM": maybe an old raw dataset, retried below.
     except Exception as e:  # noqa: BLE001 - pydicom raises many undocumented types on bad bytes.
         return None, False, f"corrupt DICOM ({type(e).__name__}: {e})"
     # force=True parses anything; accept the result only if it carries the tags of an image.
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES, force=True)
         if "SeriesInstanceUID" in ds and "Rows" in ds:
             return ds, True, ""
     except Exception:  # noqa: BLE001, S110 - garbage bytes; reported as "not DICOM" below.
@@ -139,8 +144,9 @@ def _scan(root: str) -> tuple[dict[str, list[tuple[str, pydicom.Dataset, bool]]]
 def scan_series(root: str) -> SeriesScan:
     """Walks a folder tree and groups DICOM image files by SeriesInstanceUID.
 
-    Only headers are read (``stop_before_pixels=True``); ``force=True`` is tried only for files
-    without the DICOM preamble, and kept only if the result has SeriesInstanceUID and Rows.
+    Only headers are read (element values over 16 KB, i.e. the pixel data, stay on disk);
+    ``force=True`` is tried only for files without the DICOM preamble, and kept only if the
+    result has SeriesInstanceUID and Rows.
 
     Args:
       root: folder to walk (recursively).
@@ -326,12 +332,12 @@ def _sort_and_measure(
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_pixels(path: str, forced: bool) -> tuple[np.ndarray, str]:
-    """Stored pixel values of one file: ``[Rows, Columns]`` or ``[F, Rows, Columns]``."""
-    try:
-        ds = pydicom.dcmread(path, force=forced)
-    except Exception as e:  # noqa: BLE001 - pydicom raises many undocumented types on bad bytes.
-        raise errors.DataError(f"{path}: corrupt DICOM file ({type(e).__name__}: {e}).") from e
+def _decode(path: str, ds: pydicom.Dataset) -> tuple[np.ndarray, str]:
+    """Stored pixel values of a scanned file: ``[Rows, Columns]`` or ``[F, Rows, Columns]``.
+
+    The pixel bytes are read now (deferred by the scan) and dropped from ``ds`` afterwards, so a
+    series never holds more than one file's pixel bytes.
+    """
     if "PixelData" not in ds:
         raise errors.DataError(f"{path}: no PixelData (truncated before the pixels?).")
     syntax = ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian)
@@ -347,12 +353,16 @@ def _read_pixels(path: str, forced: bool) -> tuple[np.ndarray, str]:
                 f"{_INSTALL_HINT}."
             )
     try:
-        array = ds.pixel_array
+        # pixel_array(ds) decodes without caching the array in ds (ds.pixel_array would).
+        array = pydicom.pixels.pixel_array(ds)
     except Exception as e:  # noqa: BLE001 - decoders raise ValueError/RuntimeError/struct.error.
         raise errors.DataError(
             f"{path}: pixel data cannot be decoded ({type(e).__name__}: {e}); the file is "
             "truncated or corrupt."
         ) from e
+    finally:
+        if "PixelData" in ds:
+            del ds.PixelData  # release the bytes the deferred read loaded
     return array, syntax.name
 
 
@@ -465,7 +475,7 @@ def _stack(
     members: list[tuple[str, pydicom.Dataset, bool]], label: str, path: str, spacing_rtol: float
 ) -> volume_lib.Volume:
     """Geometry checks, sorting, decoding and rescaling of one series' header datasets."""
-    forced_by_path = {p: forced for p, _, forced in members}
+    dataset_by_path = {p: ds for p, ds, _ in members}
     frames = [frame for p, ds, _ in members for frame in _frames_of(p, ds)]
     _check_uniform(frames, label)
     row, col, normal = _axes(frames[0].orientation, label)
@@ -482,22 +492,25 @@ def _stack(
                 step, step_source = float(found), keyword
                 break
 
-    # Decode each file once, then place its frames in sorted order.
-    stored: dict[str, np.ndarray] = {}
+    # Decode each file once, from its scanned dataset, and write its frames straight into their
+    # sorted places: only one file's pixels exist at a time besides the output volume.
+    places: dict[str, list[tuple[int, _Frame]]] = {}
+    for k, f in enumerate(frames):
+        places.setdefault(f.path, []).append((k, f))
+    array = np.empty((len(frames), *frames[0].shape), np.float32)
     syntaxes: set[str] = set()
-    slices = []
-    for f in frames:
-        if f.path not in stored:
-            stored[f.path], syntax = _read_pixels(f.path, forced_by_path[f.path])
-            syntaxes.add(syntax)
-        pixels = (
-            stored[f.path] if f.index is None else stored[f.path].reshape(-1, *f.shape)[f.index]
-        )
-        if pixels.shape != f.shape:
-            raise errors.DataError(f"{f.name}: pixels {pixels.shape} but header says {f.shape}.")
-        # float64 for the affine map so large intercepts do not lose integer precision.
-        slices.append(pixels.astype(np.float64) * f.slope + f.intercept)
-    array = np.stack(slices).astype(np.float32)
+    for file_path, placed in places.items():
+        stored, syntax = _decode(file_path, dataset_by_path[file_path])
+        syntaxes.add(syntax)
+        for k, f in placed:
+            pixels = stored if f.index is None else stored.reshape(-1, *f.shape)[f.index]
+            if pixels.shape != f.shape:
+                raise errors.DataError(
+                    f"{f.name}: pixels {pixels.shape} but header says {f.shape}."
+                )
+            # float64 for the affine map so large intercepts do not lose integer precision.
+            array[k] = pixels.astype(np.float64) * f.slope + f.intercept
+        del stored
 
     rescale_type = _group_value(
         first_ds, frames[0].index, "PixelValueTransformationSequence", "RescaleType"

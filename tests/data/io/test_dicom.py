@@ -533,3 +533,59 @@ def test_dicom_volume_writes_to_nifti_with_its_geometry(tmp_path):
     img = nib.load(str(tmp_path / "ct5n.nii.gz"))
     np.testing.assert_allclose(img.affine, CT5N_AFFINE_IJK_RAS, atol=1e-5)
     np.testing.assert_allclose(np.asarray(img.dataobj).transpose(2, 1, 0), vol.array)
+
+
+# ---------------------------------------------------------------------------------------------
+# One parse per file, one file's pixels at a time
+# ---------------------------------------------------------------------------------------------
+
+
+def test_each_file_is_parsed_once_and_values_match(tmp_path, monkeypatch):
+    truth = _write_series(str(tmp_path / "s"), [0.0, 1.5, 3.0, 4.5, 6.0])
+    calls = []
+    real = pydicom.dcmread
+
+    def counting_dcmread(path, *args, **kwargs):
+        calls.append(os.path.basename(os.fspath(path)))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(dicom.pydicom, "dcmread", counting_dcmread)
+    vol = dicom.read_dicom_series(str(tmp_path / "s"))
+    assert sorted(calls) == sorted(os.listdir(tmp_path / "s"))  # the header scan only
+    expected = [
+        s["pixels"].astype(np.float64) * s["rescale"][0] + s["rescale"][1] for s in truth["slices"]
+    ]
+    np.testing.assert_array_equal(vol.array, np.stack(expected).astype(np.float32))
+
+
+def test_peak_memory_is_about_the_output_volume(tmp_path):
+    # 24 slices of 128 x 128: a 1.5 MB float32 volume from 0.75 MB of int16 pixel data. Holding
+    # every file's pixels (and a float64 copy of each slice) until the end would peak at ~3.5x
+    # the output; decoding one file at a time into the output stays near 1x.
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1000, 2000, size=(24, 128, 128)).astype(np.int16)
+    uid = generate_uid()
+    os.makedirs(tmp_path / "s")
+    for k, pixels in enumerate(hu):
+        _write_slice(
+            str(tmp_path / "s" / f"IM{k:03d}"),
+            pixels,
+            ipp=np.array([0.0, 0.0, 2.0 * k]),
+            iop=np.array([1.0, 0, 0, 0, 1.0, 0]),
+            pixel_spacing=(0.7, 0.7),
+            slope=1.0,
+            intercept=0.0,
+            series_uid=uid,
+            instance=k + 1,
+        )
+    dicom.read_dicom_series(str(tmp_path / "s"))  # imports and caches outside the measurement
+    tracemalloc.start()
+    try:
+        vol = dicom.read_dicom_series(str(tmp_path / "s"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(vol.array, hu.astype(np.float32))
+    assert peak < 1.6 * vol.array.nbytes, (peak, vol.array.nbytes)
