@@ -8,7 +8,11 @@
    endian) and one ``.nii.gz`` per volume (``medjax.data.io.nifti.write_nifti``). Each format is
    crawled (DICOM: the ``dicom_series`` crawler) and preprocessed by
    ``medjax.data.store.build_store`` in this process (``workers=0``) into a fresh store, with
-   two specs: ``normalize`` (CT window only) and ``resample`` (also to 1.5 mm isotropic, cubic).
+   three specs: ``normalize`` (CT window only) and ``resample`` (also to 1.5 mm isotropic,
+   cubic), both without the dataset fingerprint (``fingerprint=False``: the reading and
+   preprocessing path alone, comparable across versions), and ``auto`` (``"auto"`` target
+   spacing and CT normalisation: the fingerprint pass reads every case once more, then the
+   cases are preprocessed; all cases share one spacing, so nothing is resampled).
    Volumes/s and MB/s of input voxels (int16) are reported, best of ``--repeats``.
 2. Random patch reads (``medjax.data.transforms.sample_patch``, patch ``--patch``) from stored
    volumes of several sizes through ``StoreSource`` (memory-mapped ``.npy``): a read touches
@@ -40,6 +44,7 @@ SPECS = {
         "normalization": {"name": "ct", "window": [-1000.0, 1000.0]},
         "target_spacing_mm": [1.5, 1.5, 1.5],
     },
+    "auto": {"target_spacing_mm": "auto", "normalization": {"name": "auto"}, "modality": "CT"},
 }
 SPACING_MM = (2.5, 0.8, 0.8)  # (D, H, W): a typical thick-slice abdominal CT
 
@@ -106,7 +111,8 @@ def _build_rate(cases: list[dict], spec: dict, repeats: int, workdir: str) -> fl
 
     def build():
         store_dir = tempfile.mkdtemp(dir=workdir)
-        store.build_store(cases, store_dir, spec, workers=0, strict=True)
+        # fingerprint=False: the pass runs only where the spec has "auto" fields (it must).
+        store.build_store(cases, store_dir, spec, workers=0, strict=True, fingerprint=False)
         shutil.rmtree(store_dir)
 
     return run_all.best_time(build, repeats)
@@ -166,6 +172,7 @@ def patch_read_rows(
             store_dir,
             {"normalization": {"name": "none"}},
             strict=True,
+            fingerprint=False,
         )
         source = sources.StoreSource(store_dir, manifest["cases"])
         rng = np.random.default_rng(0)

@@ -53,7 +53,7 @@ def case_summary(
     Args:
       image: ``[*spatial]`` or ``[*spatial, C]`` volume.
       label: label map on the image's grid (``label > 0`` is foreground) or None (then the
-        nonzero body is the foreground).
+        nonzero voxels are the foreground).
       samples_per_case: foreground voxels drawn without replacement (all when fewer).
       rng: the case's generator (``case_rng``).
 
@@ -67,8 +67,10 @@ def case_summary(
     n = image.ndim_spatial
     array = np.asarray(image.array)
     array = array[..., None] if array.ndim == n else array
-    body = crop_lib.nonzero_mask(array, n)
-    box = crop_lib.bbox(body)
+    nonzero = np.any(array != 0, axis=-1)
+    # Filling holes (crop_lib.nonzero_mask) never changes the bounding box, and it costs more
+    # than the rest of the summary on a CT volume, so the crop size comes from the raw mask.
+    box = crop_lib.bbox(nonzero)
     relative = float(np.prod([hi - lo for lo, hi in box]) / np.prod(array.shape[:n]))
     if label is not None:
         if label.spatial_shape != image.spatial_shape:
@@ -78,10 +80,13 @@ def case_summary(
             )
         fg = np.asarray(label.array).reshape(array.shape[:n] + (-1,))[..., 0] > 0
     else:
-        fg = body
-    voxels = array[fg]  # [N, C]
-    if len(voxels) > samples_per_case:
-        voxels = voxels[np.sort(rng.choice(len(voxels), samples_per_case, replace=False))]
+        fg = nonzero
+    # Draw flat positions first and gather only those: boolean-indexing a [*spatial, C] array
+    # with a [*spatial] mask copies every foreground voxel (0.2 s for a 64x256x256 CT).
+    where = np.flatnonzero(fg)
+    if len(where) > samples_per_case:
+        where = where[np.sort(rng.choice(len(where), samples_per_case, replace=False))]
+    voxels = array.reshape(-1, array.shape[-1])[where]  # [N, C] in C order
     return {
         "path": image.meta.get("path"),
         "spacing": [float(s) for s in image.spacing],
