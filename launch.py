@@ -66,10 +66,12 @@ def _tune() -> None:
 
     workdir = FLAGS.workdir or os.path.join("runs", "tune-" + time.strftime("%Y%m%d-%H%M%S"))
     try:
-        tune.run_sweep(FLAGS.config, workdir)
+        summary = tune.run_sweep(FLAGS.config, workdir)
     except errors.MedjaxError as e:
         print(f"medjax error: {e}", file=sys.stderr)
         sys.exit(2)
+    if not summary["finished"]:
+        sys.exit(130)  # interrupted (Ray Tune caught the Ctrl-C); the same command resumes
 
 
 def main(argv: list[str]) -> None:

@@ -167,7 +167,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
       workdir: the sweep's folder: Ray's state, one workdir per trial, the summary.
 
     Returns:
-      ``{"rows": [one dict per trial], "best": the best row, "csv": path, "best_config": path}``.
+      ``{"rows": [one dict per trial], "best": the best row, "csv": path, "best_config": path,
+      "finished": False when the sweep was interrupted (rerun it to resume)}``.
 
     Raises:
       ConfigError: a bad ``tune`` section, or a sweep of another config in ``workdir``.
@@ -318,19 +319,25 @@ def _write_outputs(rows, params, config, workdir) -> dict[str, Any]:
         if r.get("error"):
             print(f"medjax: trial {r['trial']} failed: {r['error']}", file=sys.stderr)
     scored = [r for r in rows if r[col] is not None]
+    unfinished = [r["trial"] for r in rows if r["status"] == "unfinished"]
+    summary = {"rows": rows, "best": None, "csv": csv_path, "best_config": None}
+    summary["finished"] = not unfinished
+    if unfinished:
+        print(
+            f"medjax: the sweep stopped before trials {', '.join(unfinished)} finished; "
+            "run the same command again to resume it.",
+            file=sys.stderr,
+        )
+        if not scored:
+            return summary
     if not scored:
         errs = [f"{r['trial']}: {r['error']}" for r in rows if r.get("error")]
         raise errors.TrainingError(
             f"No trial of the sweep in {workdir} reported {metric}."
             + (f" First error: {errs[0]}" if errs else "")
         )
+    # The best so far when interrupted: its file is rewritten when the sweep finishes.
     best = (max if mode == "max" else min)(scored, key=lambda r: r[col])
-    if unfinished := [r["trial"] for r in rows if r["status"] == "unfinished"]:
-        print(
-            f"medjax: the sweep stopped before trials {', '.join(unfinished)} finished; "
-            "run the same command again to resume it.",
-            file=sys.stderr,
-        )
     best_path = os.path.join(workdir, "best_config.py")
     write_best_config(best_path, config, {p.key: best[p.key] for p in params}, best, metric)
     print(
@@ -339,7 +346,7 @@ def _write_outputs(rows, params, config, workdir) -> dict[str, Any]:
         f"  view: tensorboard --logdir {os.path.join(workdir, 'trials')}",
         file=sys.stderr,
     )
-    return {"rows": rows, "best": best, "csv": csv_path, "best_config": best_path}
+    return {**summary, "best": best, "best_config": best_path}
 
 
 def _print_table(rows: list[dict[str, Any]], fields: list[str]) -> None:
