@@ -168,9 +168,8 @@ def max_epochs(config: ml_collections.ConfigDict, params: list[Param]) -> int:
     """ASHA's ``max_t``: ``tune.asha.max_t``, else the largest ``train.epochs`` of the space."""
     if config.tune.asha.max_t:
         return int(config.tune.asha.max_t)
-    epochs = [config.train.epochs]
-    epochs += [v for p in params if p.key == "train.epochs" for v in p.args]
-    return int(max(epochs))
+    drawn = [v for p in params if p.key == "train.epochs" for v in p.args]
+    return int(max(drawn or [config.train.epochs]))
 
 
 def ray_space(params: list[Param]) -> dict[str, Any]:

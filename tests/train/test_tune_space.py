@@ -68,6 +68,8 @@ def test_max_epochs_is_the_largest_of_the_space():
     assert tune_space.max_epochs(_config("optim.lr=choice(0.1)"), []) == 2
     c = _config("train.epochs=choice(3, 7, 5)")
     assert tune_space.max_epochs(c, tune_space.parse_space(c)) == 7
+    c = _config("train.epochs=grid(1)")  # below the config's 2: the drawn values decide
+    assert tune_space.max_epochs(c, tune_space.parse_space(c)) == 1
 
 
 @pytest.mark.parametrize(
