@@ -2,8 +2,8 @@
 
 The seed's search space: learning rate, batch size, epochs, number of conv blocks, conv
 channels, dropout and optimizer. Each trial trains ``configs/luna.py`` with drawn values in
-``<workdir>/trials/<id>``; ASHA stops a trial whose validation ROC AUC trails the others' after
-2, 6, ... epochs. Needs the ``tune`` extra (``pip install 'medjax[tune]'``):
+``<workdir>/trials/<id>``; ASHA stops a trial whose validation ROC AUC trails the others' at
+epoch 2 or 6. Needs the ``tune`` extra (``pip install 'medjax[tune]'``):
 
     python launch.py --config=configs/luna_tune.py --mode=tune --workdir=runs/luna_tune
 
