@@ -116,7 +116,10 @@ def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.
 def make_optimizer(
     config: ml_collections.ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Gradient clipping -> the named optimiser, with frozen parameters masked out.
+    """Gradient clipping -> the named optimiser (frozen parameters masked out) -> plateau scale.
+
+    The last only with ``schedule.name="plateau"``: its ``PlateauState`` then sits in the
+    optimiser state (see ``plateau_tracker``).
 
     Returns:
       The transformation and the schedule (the step logs ``schedule(step)``).
