@@ -28,11 +28,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.store_dir = ""  # empty: <cache>/store/<hash of root + preprocess>
     c.data.preprocess = ml_collections.ConfigDict()
     c.data.preprocess.grayscale = True
-    c.data.preprocess.target_size = None  # e.g. (64, 64): resize (2D)
+    # Keys without a value are typed placeholders, so the command line can still set them
+    # (ml_collections cannot override a plain None).
+    c.data.preprocess.target_size = ml_collections.config_dict.placeholder(
+        tuple
+    )  # (64, 64): resize
     # mm per voxel, e.g. (2.5, 0.8, 0.8), or "auto": from the dataset fingerprint (nnU-Net's
     # rule). A placeholder so that both forms can be given on the command line.
     c.data.preprocess.target_spacing_mm = ml_collections.config_dict.placeholder(object)
-    c.data.preprocess.reorient = None
+    c.data.preprocess.reorient = ml_collections.config_dict.placeholder(str)  # "RAS", "LPS"
     c.data.preprocess.crop_foreground = False
     c.data.preprocess.normalization = ml_collections.ConfigDict({"name": "zscore"})
     c.data.preprocess.label_mode = "binary"
