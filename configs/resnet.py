@@ -5,7 +5,7 @@ class at 128x128, generated on first use), read by the ``classification_folder``
 z-scored and resized to 64x64; 20% of the cases (by a hash of the id) validate and also serve
 as the test split. ``lesion`` is class 1, the positive class of precision, recall and AUC.
 
-Default (ResNet-18 at width 16, ImageNet stem, batch norm, 6 epochs):
+Default (ResNet-18 at width 16, ImageNet stem, batch norm, 15 epochs of 14 steps of 32):
     python launch.py --config=configs/resnet.py --workdir=runs/resnet
   MEASURED_DEFAULT
 Your own folder: ``--config.data.root=/path/to/folder`` and
@@ -79,7 +79,7 @@ def spine_classification(tiny: bool) -> ml_collections.ConfigDict:
     c.optim.lr = 1e-3
     c.schedule.name = "cosine"
     c.schedule.warmup_steps = 20
-    c.train.epochs = 6
+    c.train.epochs = 15
     c.train.batch_size = 32
     c.train.log_every_steps = 5
     c.eval.batch_size = 64

@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.kwargs = {
         "num_classes": 2,
         "in_channels": 1,
-        "patch_size": (4, 8, 8) if luna else 8,
+        "patch_size": ((4, 4, 4) if tiny else (4, 8, 8)) if luna else (8, 8),
         "width": 96,
         "depth": 6,
         "num_heads": 4,
@@ -41,6 +41,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.grad_clip_norm = 1.0
     if tiny:
         c.model.kwargs.update({"width": 16, "depth": 2, "num_heads": 2, "mlp_dim": 32})
-        if luna:
-            c.model.kwargs.patch_size = 4
     return c

@@ -119,7 +119,7 @@ def test_3d_volumes_evaluate(tmp_path):
     config = _config(root, tmp_path / "store", data__val_fraction=0.5)
     config.data.preprocess.target_size = (8, 8, 8)
     config.data.patch_size = (8, 8, 8)
-    config.model.kwargs.patch_size = 4
+    config.model.kwargs.patch_size = (4, 4, 4)
     # The 3D data path up to the model: store shapes, batches, the evaluation's jitted step
     # (2D training covers the train step; 3D kernels are tested in tests/models).
     run = loop._Run(config, str(tmp_path / "run"), for_training=False)
