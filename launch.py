@@ -85,8 +85,7 @@ def main(argv: list[str]) -> None:
     _maybe_initialize_distributed()
     import jax
 
-    from medjax import errors
-    from medjax.data import pipeline
+    from medjax import distributed, errors, registry
     from medjax.train import loop
 
     config = FLAGS.config
@@ -100,14 +99,12 @@ def main(argv: list[str]) -> None:
     )
     try:
         if FLAGS.mode == "preprocess":
-            data = pipeline.prepare_data(config)
-            print(
-                f"medjax: store at {data.store_dir}: "
-                + ", ".join(f"{k}={len(v)}" for k, v in data.splits.items())
-            )
-            from medjax.data import store
-
-            print(store.describe(data.store_dir))  # the fingerprint and the spec it resolved
+            # The task prepares its own data (segmentation/classification store, LUNA cutouts);
+            # process 0 first, the others then reuse it.
+            make_task = registry.get(f"tasks.{config.task}")
+            task = distributed.primary_first(lambda: make_task(config), "medjax-preprocess")
+            if distributed.is_main():
+                print(task.describe())
         elif FLAGS.mode == "train":
             loop.train_and_evaluate(config, workdir)
             loop.evaluate(config, workdir)

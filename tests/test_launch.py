@@ -91,3 +91,18 @@ def test_bad_pair_is_skipped_named_and_the_rest_trains(tmp_path, problem):
     report = open(os.path.join(tmp_path, "store", "report.json")).read()
     assert "train1" in report
     assert "train=3" in r.stdout and "val=4" in r.stdout
+
+
+def test_preprocess_mode_prepares_the_tasks_own_data(tmp_path):
+    # task=luna: the cutout store around the candidates, not a segmentation store.
+    store_dir = tmp_path / "store"
+    r = _launch(
+        "--config=configs/luna.py:tiny",
+        "--mode=preprocess",
+        f"--config.data.store_dir={store_dir}",
+        tmp_path=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"cutout store {store_dir}" in r.stdout
+    assert (store_dir / "cutouts.npy").is_file() and (store_dir / "candidates.csv").is_file()
+    assert not (store_dir / "manifest.json").exists()

@@ -44,6 +44,11 @@ class Data:
             )
         return sources.StoreSource(self.store_dir, self.splits[split])
 
+    def describe(self) -> str:
+        """The store, its fingerprint and resolved spec, and the cases per split, for people."""
+        splits = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
+        return f"{store.describe(self.store_dir)}\nsplits: {splits}"
+
 
 def _assign_split(case_id: str, val_fraction: float) -> str:
     h = int(hashlib.sha1(case_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF

@@ -126,6 +126,17 @@ class LunaTask:
     def input_shape(self) -> tuple[int, ...]:
         return (1, *self.size, 1)
 
+    def describe(self) -> str:
+        """What ``--mode=preprocess`` prints: the cutout store, what was skipped, the splits."""
+        r = self.report
+        labels = {s: np.bincount(src.labels).tolist() for s, src in self.sources.items()}
+        return (
+            f"cutout store {self.store_dir}: {r['n_rows']} cutouts of {self.size} voxels from "
+            f"{r['n_scans']} scans ({r['n_scans_new']} new); skipped {len(r['skipped_scans'])} "
+            f"scan(s) and {len(r['skipped_candidates'])} candidate(s) (see report.json)\n"
+            f"examples per class by split: {labels}"
+        )
+
     def train_dataset(self, *, global_batch_size: int, seed: int) -> grain.IterDataset:
         """Endless balanced epochs of ``epoch_length`` cutouts, batched globally."""
         n_proc, proc = jax.process_count(), jax.process_index()

@@ -99,6 +99,10 @@ class SegmentationTask:
             keep_predictions=keep_predictions,
         )
 
+    def describe(self) -> str:
+        """What ``--mode=preprocess`` prints: the store, its fingerprint and spec, the splits."""
+        return self.data.describe()
+
     def baseline(self, split: str) -> dict[str, float]:
         """The best global-threshold Dice on ``split`` (logged once as a floor)."""
         return seg_eval.threshold_baseline(self.data.source(split))
