@@ -148,6 +148,10 @@ class ClassificationTask:
         """``(1, *shape, C)``: what the model is initialised with."""
         return (1, *self.shape, self.channels)
 
+    def describe(self) -> str:
+        """What ``--mode=preprocess`` prints: the store, its fingerprint and spec, the splits."""
+        return self.data.describe()
+
     def train_dataset(self, *, global_batch_size: int, seed: int):
         """Endless Grain dataset of this process's rows of each global batch."""
         split = self.config.data.train_split
