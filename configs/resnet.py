@@ -7,7 +7,10 @@ as the test split. ``lesion`` is class 1, the positive class of precision, recal
 
 Default (ResNet-18 at width 16, ImageNet stem, batch norm, 15 epochs of 14 steps of 32):
     python launch.py --config=configs/resnet.py --workdir=runs/resnet
-  MEASURED_DEFAULT
+  Measured 2026-11-23 on 2 CPU cores shared with other jobs (load 2.5-6), data already
+  generated: 106 s wall (3 steps/s); validation ROC AUC 0.92, balanced accuracy 0.84 (0.73 /
+  0.63 after 6 epochs), against a Zero-Rule accuracy of 0.46. Generating the 600 slices and
+  preprocessing them adds a few seconds.
 Your own folder: ``--config.data.root=/path/to/folder`` and
 ``--config.data.crawler_kwargs.class_names='("a", "b", "c")' --config.model.kwargs.num_classes=3``
 (or empty ``class_names``: the sorted folder names).
@@ -15,7 +18,7 @@ Your own folder: ``--config.data.root=/path/to/folder`` and
 LUNA16 nodule classification (task=luna: 3D cutouts of the built-in LUNA-format CT, balanced
 sampling, FROC; the data and schedule of ``configs/luna.py``) with a 3D ResNet-18:
     python launch.py --config=configs/resnet.py:luna --workdir=runs/resnet_luna
-  MEASURED_LUNA
+  (not measured yet; the model is checked to map the cutouts to logits in tests/test_configs.py)
 
 Tiny (tests, seconds): ``configs/resnet.py:tiny`` and ``configs/resnet.py:luna,tiny``.
 """

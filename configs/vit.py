@@ -4,7 +4,9 @@ The data, loss, augmentations and schedule of ``configs/resnet.py``; the model i
 (8x8 patches of the 64x64 slices: 64 tokens, width 96, depth 6, 4 heads, MLP 192, class token)
 with AdamW and gradient clipping, as transformers like. Default:
     python launch.py --config=configs/vit.py --workdir=runs/vit
-  MEASURED_DEFAULT
+  Measured 2026-11-23 on 2 CPU cores shared with other jobs (load 3-6), data already
+  generated: 115 s wall (4 steps/s); validation ROC AUC 0.94, balanced accuracy 0.87 (0.70 /
+  0.61 after 6 epochs).
 
 LUNA16 nodule classification (task=luna, 3D cutouts of the built-in LUNA-format CT) with 4x8x8
 3D patches (4x4x4 in ``:luna,tiny``):
