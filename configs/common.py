@@ -132,6 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.step = -1  # -1: the best checkpoint (or the latest when no metric is monitored)
     c.eval.split = "test"
     c.eval.write_predictions = True
+    # Also <case>.seg.dcm (DICOM SEG referencing the series) for DICOM cases; needs highdicom.
+    c.eval.write_dicom_seg = True
     c.eval.step_fraction = 0.5  # sliding-window overlap for volumes larger than the patch
     c.eval.mirror_axes = ()
 
