@@ -121,11 +121,12 @@ class SegmentationTask:
         per_case: list[dict[str, Any]],
         out_dir: str,
     ) -> None:
-        """Each prediction back in its case's original grid and geometry (PNG 2D, NIfTI 3D)."""
+        """Each prediction back in its case's original grid and geometry (PNG 2D, NIfTI 3D; a
+        DICOM case also as DICOM SEG with ``eval.write_dicom_seg``)."""
         del per_case  # the loop writes per_case.csv
         out_dir = os.path.join(out_dir, "predictions")
         from medjax.data import io as mio
-        from medjax.data.io import image2d
+        from medjax.data.io import dicom_seg, image2d
         from medjax.data.preprocess import pipeline as pp
 
         os.makedirs(out_dir, exist_ok=True)
@@ -139,10 +140,17 @@ class SegmentationTask:
                 vol = vol.with_array(labels * 255 if labels.max() <= 1 else labels)
                 image2d.write_image2d(vol, os.path.join(out_dir, f"{entry['id']}.png"))
             else:
-                mio.write_volume(
-                    vol.with_array(np.asarray(vol.array).astype(np.uint8)),
-                    os.path.join(out_dir, f"{entry['id']}.nii.gz"),
-                )
+                vol = vol.with_array(np.asarray(vol.array).astype(np.uint8))
+                mio.write_volume(vol, os.path.join(out_dir, f"{entry['id']}.nii.gz"))
+                if self.config.eval.write_dicom_seg:
+                    # DICOM cases (only) also get <id>.seg.dcm referencing their series.
+                    dicom_seg.write_case_seg(
+                        vol,
+                        entry,
+                        out_dir,
+                        model_name=self.config.model.name,
+                        num_classes=self.config.model.kwargs.get("out_channels", 1),
+                    )
 
 
 @registry.register("tasks.segmentation")
