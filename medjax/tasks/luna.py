@@ -29,42 +29,16 @@ from medjax.metrics import classification
 from medjax.train import step as step_lib
 
 HU_SCALE = 1.0 / 1000.0
-_EPOCHS_AHEAD = 1_000_000  # the index dataset is "endless": this many epochs
 
 
-class _BalancedIndices:
-    """Random-access view of the concatenated balanced epochs: position -> source index."""
+class _LoadCutouts:
+    """Source indices -> scaled cutouts and labels (picklable, for Grain workers)."""
 
-    def __init__(self, labels: np.ndarray, ratio: tuple[int, ...], epoch_length: int, seed: int):
-        self.labels, self.ratio, self.epoch_length, self.seed = labels, ratio, epoch_length, seed
-        self._cache: dict[int, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return self.epoch_length * _EPOCHS_AHEAD
-
-    def __getitem__(self, position: int) -> int:
-        epoch, offset = divmod(int(position), self.epoch_length)
-        if epoch not in self._cache:
-            self._cache = {
-                epoch: luna_sources.balanced_epoch_indices(
-                    self.labels,
-                    ratio=self.ratio,
-                    epoch_length=self.epoch_length,
-                    seed=self.seed,
-                    epoch=epoch,
-                )
-            }
-        return int(self._cache[epoch][offset])
-
-
-class _LoadCutoutBatch:
-    """Global batch of source indices -> this process's rows of scaled cutouts and labels."""
-
-    def __init__(self, source: luna_sources.CutoutSource, rows: slice):
-        self.source, self.rows = source, rows
+    def __init__(self, source: luna_sources.CutoutSource):
+        self.source = source
 
     def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        records = [self.source[int(i)] for i in np.asarray(indices)[self.rows]]
+        records = [self.source[int(i)] for i in indices]
         return {
             "image": np.stack([r["image"] for r in records]) * np.float32(HU_SCALE),
             "label": np.asarray([r["label"] for r in records], np.int32),
@@ -139,20 +113,16 @@ class LunaTask:
 
     def train_dataset(self, *, global_batch_size: int, seed: int) -> grain.IterDataset:
         """Endless balanced epochs of ``epoch_length`` cutouts, batched globally."""
-        n_proc, proc = jax.process_count(), jax.process_index()
-        per_proc = global_batch_size // n_proc
         train = self.sources[self.config.data.train_split]
-        ratio = tuple(int(r) for r in self.config.data.luna.ratio)
-        indices = _BalancedIndices(train.labels, ratio, self.num_train, seed)
-        ds = grain.MapDataset.source(indices).batch(global_batch_size, drop_remainder=True)
-        ds = ds.map(_LoadCutoutBatch(train, slice(proc * per_proc, (proc + 1) * per_proc)))
-        ds = ds.to_iter_dataset()
-        if self.config.data.num_workers > 0:
-            pipeline._ensure_absl_flags()
-            ds = ds.mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=self.config.data.num_workers)
-            )
-        return ds
+        return pipeline.make_sample_dataset(
+            _LoadCutouts(train),
+            train.labels,
+            global_batch_size=global_batch_size,
+            seed=seed,
+            num_workers=self.config.data.num_workers,
+            ratio=tuple(int(r) for r in self.config.data.luna.ratio),
+            epoch_length=self.num_train,
+        )
 
     def make_eval_fns(self, loss_fn: Callable, precision: str) -> dict[str, Callable]:
         def step(state, batch):
