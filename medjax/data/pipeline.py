@@ -1,7 +1,7 @@
 """The data pipeline: the only module that chains Grain (STYLE.md sec. 6).
 
 ``prepare_data`` crawls the data root (or generates the built-in dataset), builds the
-preprocessing store and splits its cases. ``make_train_iterator`` is the seeded, checkpointable
+preprocessing store and splits its cases. ``make_train_dataset`` is the seeded, checkpointable
 Grain loader of patches (``make_sample_dataset``: of whole samples with a class each, optionally
 class-balanced); ``eval_batches`` walks a split exactly once in padded batches.
 """
