@@ -48,6 +48,8 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     "unet3d": {"spatial": (16, 48, 48), "batch": 2, "features": (32, 32, 64, 128, 256, 32), "k": 2},
     "luna": {"spatial": (16, 32, 32), "batch": 16},
 }
+# A round stops after 3 steps once it has run this long (3D steps take seconds on 2 cores).
+MAX_ROUND_S = 30.0
 _TAG = "@@peers "  # prefix of protocol lines on a worker's stdout (libraries may print too)
 
 
@@ -205,12 +207,18 @@ class MedjaxWorker:
 
         times = []
         for _ in range(n):
+            if len(times) >= 3 and sum(times) > MAX_ROUND_S:
+                break
             t = time.perf_counter()
             self.state, metrics = self.step(self.state, self.batch, self.key)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - t)
         self.loss = float(metrics["loss"])
         return times
+
+    def answer(self, n: int) -> dict[str, Any]:
+        """The protocol's answer to ``run n``: step times and the last loss."""
+        return {"times": self.run(n), "loss": self.loss}
 
     def info(self) -> dict[str, Any]:
         """Static facts about this worker (versions, parameter count, compile time)."""
@@ -296,6 +304,8 @@ class TorchWorker:
         """Seconds per step; ``loss.item()`` synchronises, so a step's time is all of it."""
         times = []
         for _ in range(n):
+            if len(times) >= 3 and sum(times) > MAX_ROUND_S:
+                break
             t = time.perf_counter()
             self.opt.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.model(self.x), self.y)
@@ -304,6 +314,10 @@ class TorchWorker:
             self.loss = loss.item()
             times.append(time.perf_counter() - t)
         return times
+
+    def answer(self, n: int) -> dict[str, Any]:
+        """The protocol's answer to ``run n``: step times and the last loss."""
+        return {"times": self.run(n), "loss": self.loss}
 
     def info(self) -> dict[str, Any]:
         """Static facts about this worker (versions, threads, parameter count)."""
@@ -323,9 +337,16 @@ class TorchWorker:
 
 
 def worker_main(side: str, workload: str, impl: str) -> None:
-    """A worker process: build, say READY, then answer ``run N`` lines until ``quit``."""
-    if side == "medjax":
-        run_all.ensure_importable()
+    """A worker process: build, say READY, then answer ``run N`` lines until ``quit``.
+
+    ``workload`` is a key of ``WORKLOADS`` (train step) or ``loader:<workers>``.
+    """
+    run_all.ensure_importable()
+    if workload.startswith("loader:"):
+        from benchmarks import peers_loader
+
+        worker = peers_loader.make_worker(side, int(workload.split(":")[1]))
+    elif side == "medjax":
         worker = MedjaxWorker(workload, impl)
     else:
         worker = TorchWorker(workload)
@@ -334,8 +355,7 @@ def worker_main(side: str, workload: str, impl: str) -> None:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":
             break
-        times = worker.run(int(cmd[1]))
-        print(_TAG + json.dumps({"times": times, "loss": worker.loss}), flush=True)
+        print(_TAG + json.dumps(worker.answer(int(cmd[1]))), flush=True)
 
 
 class Worker:
