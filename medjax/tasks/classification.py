@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -170,15 +169,7 @@ class ClassificationTask:
 
     def make_eval_fns(self, loss_fn: Callable, precision: str) -> dict[str, Callable]:
         """``step(state, batch) -> {"logits": [B, K], "loss": [B]}`` (0 on padding rows)."""
-
-        def step(state, batch):
-            logits = step_lib.predict_logits(state, batch["image"], precision=precision)
-            return {
-                "logits": logits,
-                "loss": jnp.where(batch["valid"], loss_fn(logits, batch["label"]), 0.0),
-            }
-
-        return {"step": step}
+        return {"step": step_lib.make_classification_eval_step(loss_fn, precision=precision)}
 
     def evaluate(
         self, fns, state, split: str, *, mesh, batch_size: int, keep_predictions: bool = False

@@ -17,7 +17,6 @@ from typing import Any
 
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -125,14 +124,7 @@ class LunaTask:
         )
 
     def make_eval_fns(self, loss_fn: Callable, precision: str) -> dict[str, Callable]:
-        def step(state, batch):
-            logits = step_lib.predict_logits(state, batch["image"], precision=precision)
-            return {
-                "logits": logits,
-                "loss": jnp.where(batch["valid"], loss_fn(logits, batch["label"]), 0.0),
-            }
-
-        return {"step": step}
+        return {"step": step_lib.make_classification_eval_step(loss_fn, precision=precision)}
 
     def _batches(self, source: luna_sources.CutoutSource, batch_size: int):
         ds = grain.MapDataset.source(source).batch(batch_size, drop_remainder=False)

@@ -159,6 +159,23 @@ def make_eval_step(
     return eval_step
 
 
+def make_classification_eval_step(
+    loss_fn: LossFn, *, precision: str = "float32"
+) -> Callable[[state_lib.TrainState, Batch], dict[str, jax.Array]]:
+    """Builds ``eval_step(state, batch) -> {"logits": [B, K], "loss": [B]}`` (classification).
+
+    The loss of padding rows (``batch["valid"]`` False) is 0; metrics are computed on the host
+    from the logits.
+    """
+
+    def eval_step(state: state_lib.TrainState, batch: Batch) -> dict[str, jax.Array]:
+        logits = predict_logits(state, batch["image"], precision=precision)
+        loss = jnp.where(batch["valid"], loss_fn(logits, batch["label"]), 0.0)
+        return {"logits": logits, "loss": loss}
+
+    return eval_step
+
+
 def predict_logits(state: state_lib.TrainState, image: jax.Array, *, precision: str) -> jax.Array:
     """Inference logits ``float32[B, *spatial, K]`` (deep supervision: the full-resolution head)."""
     out, _ = _forward(
