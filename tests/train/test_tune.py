@@ -115,11 +115,14 @@ def test_interrupted_sweep_resumes_prunes_and_its_best_config_trains(tmp_path):
     assert len(rows) == 4, rows
     logs = [open(os.path.join(row["workdir"], "train.log")).read() for row in rows]
     assert re.search(r"resuming \S+ from step [1-9]", logs[0]), logs[0][-2000:]
-    pruned = [r for r in rows if r["status"] == "pruned"]
-    assert len(pruned) >= 1, rows
-    assert all(float(r["optim.lr"]) == 0.0 and int(r["epochs"]) < 3 for r in pruned)
+    # Every lr=0 trial is stopped at a rung: its loss is worse than the median of the trials
+    # that reached the rung before it. (The second lr=0.01 trial may be stopped too, at the
+    # epoch-2 rung, when its loss there is a hair worse than the first one's.)
+    stalled = [r for r in rows if float(r["optim.lr"]) == 0.0]
+    assert len(stalled) == 2, rows
+    assert all(r["status"] == "pruned" and int(r["epochs"]) < 3 for r in stalled), rows
     good = [r for r in rows if float(r["optim.lr"]) == 0.01]
-    assert len(good) == 2 and all(r["status"] == "completed" and r["epochs"] == "3" for r in good)
+    assert good[0]["status"] == "completed" and good[0]["epochs"] == "3", rows
     assert float(good[0]["best val/loss"]) < min(
         float(r["best val/loss"]) for r in rows if float(r["optim.lr"]) == 0.0
     )
