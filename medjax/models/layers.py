@@ -2,21 +2,24 @@
 
 The spatial rank comes from the input: ``x`` is ``[B, *spatial, C]`` with 2 or 3 spatial axes.
 
-Convolutions can run in two formulations with the same parameters (``nn.Conv``'s kernel
+Convolutions can run in three formulations with the same parameters (``nn.Conv``'s kernel
 ``[*k, C_in, C_out]`` and bias ``[C_out]``, so checkpoints do not care which one ran):
 
 * ``xla``: ``lax.conv_general_dilated``, XLA's native convolution (best on GPU/TPU, and for 2D on
-  CPU);
+  CPU, where it is within ~15 % of PyTorch's per layer);
+* ``depth2d`` (3D only): the ``k_d`` depth-shifted views concatenated on the channel axis, depth
+  folded into the batch, then XLA's *2D* convolution. XLA's CPU 3D convolution (above all its
+  gradients) is several times slower than its 2D one; on 2 CPU cores a 3x3x3 layer's forward +
+  backward ran 2.4-4.8x faster this way than with ``xla`` and 2-4x faster than ``im2col``
+  (``benchmarks/RESULTS.md``), with a temporary only ``k_d`` times the input;
 * ``im2col``: the ``prod(k)`` shifted views of the padded input concatenated on the channel axis
-  and multiplied by the reshaped kernel in one matmul. XLA's CPU backend has no fast 3D
-  convolution gradient, while its matmul is good: on 2 CPU cores a 3x3x3 layer's forward +
-  backward ran 1.0-3.7x faster this way (``benchmarks/RESULTS.md``), at the price of a
-  ``prod(k)``-times larger temporary. In 2D XLA's CPU convolution is up to 4x faster than
-  im2col, so ``auto`` keeps it; a 3D *forward alone* (inference) is also faster with ``xla``
-  once ``C_in >= 8``, so CPU evaluation may prefer ``impl="xla"``.
+  and multiplied by the reshaped kernel in one matmul. It wins only for tiny 3D layers (an
+  ``H x W`` plane of at most 64 voxels, the deepest UNet levels), by a few milliseconds; its
+  temporary is ``prod(k)`` times the input. In 2D XLA's convolution is up to 4x faster.
 
-``auto`` picks ``im2col`` for 3D convolutions on the CPU backend and ``xla`` otherwise; it is
-decided at trace time from ``jax.default_backend()`` (a Python value, never traced).
+``auto`` picks, on the CPU backend, ``depth2d`` for 3D convolutions (``im2col`` for the tiny
+ones) and ``xla`` for 2D; ``xla`` on every other backend. It is decided at trace time from
+``jax.default_backend()`` and the input's static shape (Python values, never traced).
 """
 
 from __future__ import annotations
@@ -34,21 +37,34 @@ from jax import lax
 from medjax import errors
 
 NORMS = ("batch", "instance", "group", "none")
-CONV_IMPLS = ("xla", "im2col", "auto")
+CONV_IMPLS = ("xla", "im2col", "depth2d", "auto")
 
 
-def auto_conv_impl(num_spatial: int, backend: str | None = None) -> str:
+# At or below this many voxels per (H, W) plane a 3D layer is so small that im2col's one matmul
+# beats depth2d's 2D convolution (by 1-4 ms per layer on 2 cores; benchmarks/RESULTS.md).
+_DEPTH2D_MIN_PLANE = 64
+
+
+def auto_conv_impl(
+    num_spatial: int, backend: str | None = None, spatial: Sequence[int] | None = None
+) -> str:
     """What ``impl="auto"`` means for a convolution with ``num_spatial`` spatial axes.
 
     Args:
       num_spatial: 2 or 3 (1 is treated like 2).
       backend: a JAX backend name; None reads ``jax.default_backend()`` (at trace time).
+      spatial: the input's spatial shape, if known (3D on CPU: picks between two formulations).
 
     Returns:
-      ``"im2col"`` for 3D on ``cpu``, else ``"xla"`` (measured: see the module docstring).
+      For 3D on ``cpu``: ``"depth2d"``, or ``"im2col"`` when ``spatial`` says an ``H x W``
+      plane has at most 64 voxels; else ``"xla"`` (measured: see the module docstring).
     """
     backend = jax.default_backend() if backend is None else backend
-    return "im2col" if backend == "cpu" and num_spatial >= 3 else "xla"
+    if backend != "cpu" or num_spatial < 3:
+        return "xla"
+    if spatial is not None and int(np.prod(spatial[-2:])) <= _DEPTH2D_MIN_PLANE:
+        return "im2col"
+    return "depth2d"
 
 
 def _channels_last_numbers(ndim: int) -> lax.ConvDimensionNumbers:
@@ -155,16 +171,103 @@ def im2col_conv_general_dilated(
     )
 
 
+def depth2d_conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    **kwargs: Any,
+) -> jax.Array:
+    """A 3D ``lax.conv_general_dilated`` as depth offsets on channels + XLA's 2D convolution.
+
+    The ``k_d`` depth-shifted views of the padded input are concatenated on the channel axis
+    (``[B, D_out, H, W, k_d * C_in]``), depth is folded into the batch, and one 2D convolution
+    with the kernel ``[k_h, k_w, k_d * C_in, C_out]`` does the rest. XLA's CPU 2D convolution
+    and its gradients are close to PyTorch's, while its 3D ones are several times slower; the
+    temporary is ``k_d`` (not ``prod(k)``, as im2col's) times the input. Drop-in for
+    ``nn.Conv(..., conv_general_dilated=...)``; a 2D convolution goes to
+    ``lax.conv_general_dilated``, a 3D one with dilation, groups or another layout to
+    ``im2col_conv_general_dilated``.
+
+    Args:
+      lhs: ``[B, D, H, W, C_in]`` input.
+      rhs: ``[k_d, k_h, k_w, C_in, C_out]`` kernel.
+      window_strides, padding, ...: as ``lax.conv_general_dilated``.
+
+    Returns:
+      ``[B, D_out, H_out, W_out, C_out]``, the cross-correlation ``lax.conv_general_dilated``
+      computes.
+    """
+    rest = dict(
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        **kwargs,
+    )
+    numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    supported = (
+        lhs.ndim == 5
+        and numbers == _channels_last_numbers(5)
+        and _is_trivial(lhs_dilation)
+        and _is_trivial(rhs_dilation)
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and not any(v is not None for v in kwargs.values())
+    )
+    if not supported:
+        # 2D: XLA's own convolution is the fast one; 3D with dilation or groups: im2col,
+        # which passes what it cannot do on to lax as well.
+        fallback = lax.conv_general_dilated if lhs.ndim != 5 else im2col_conv_general_dilated
+        return fallback(lhs, rhs, window_strides, padding, **rest)
+    strides = tuple(int(s) for s in window_strides)
+    spatial, ksize = lhs.shape[1:-1], rhs.shape[:3]
+    if isinstance(padding, str):
+        pads = lax.padtype_to_pads(spatial, ksize, strides, padding)
+    else:
+        pads = [tuple(int(p) for p in pair) for pair in padding]
+    (lo, hi), kd, sd = pads[0], ksize[0], strides[0]
+    # lax.pad takes negative padding (a crop) too.
+    x = lax.pad(lhs, jnp.zeros((), lhs.dtype), [(0, 0, 0), (lo, hi, 0), *((0, 0, 0),) * 3])
+    d_out = (spatial[0] + lo + hi - kd) // sd + 1
+    views = [lax.slice_in_dim(x, o, o + (d_out - 1) * sd + 1, stride=sd, axis=1) for o in range(kd)]
+    x = views[0] if kd == 1 else jnp.concatenate(views, axis=-1)
+    b, c_in, c_out = x.shape[0], rhs.shape[-2], rhs.shape[-1]
+    x = x.reshape(b * d_out, *x.shape[2:])
+    # [k_d, k_h, k_w, I, O] -> [k_h, k_w, k_d * I, O]: channel index o_d * I + c, as the views.
+    kernel = jnp.moveaxis(rhs, 0, 2).reshape(*ksize[1:], kd * c_in, c_out)
+    y = lax.conv_general_dilated(
+        x,
+        kernel,
+        strides[1:],
+        pads[1:],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    return y.reshape(b, d_out, *y.shape[1:])
+
+
 def auto_conv_general_dilated(
     lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any
 ) -> jax.Array:
-    """``lax.conv_general_dilated`` or its im2col form, as ``auto_conv_impl`` picks at trace time.
+    """``lax.conv_general_dilated`` or another formulation, as ``auto_conv_impl`` picks (trace
+    time).
 
     Same arguments and result as ``lax.conv_general_dilated``.
     """
-    if auto_conv_impl(lhs.ndim - 2) == "im2col":
-        return im2col_conv_general_dilated(lhs, rhs, *args, **kwargs)
-    return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+    impl = auto_conv_impl(lhs.ndim - 2, spatial=lhs.shape[1:-1])
+    return conv_general_dilated_fn(impl)(lhs, rhs, *args, **kwargs)
 
 
 def conv_general_dilated_fn(impl: str) -> Callable[..., jax.Array]:
@@ -175,7 +278,7 @@ def conv_general_dilated_fn(impl: str) -> Callable[..., jax.Array]:
     convolution is computed.
 
     Args:
-      impl: ``"xla"`` | ``"im2col"`` | ``"auto"`` (im2col for 3D on CPU, else xla).
+      impl: ``"xla"`` | ``"im2col"`` | ``"depth2d"`` | ``"auto"`` (see ``auto_conv_impl``).
 
     Raises:
       ConfigError: ``impl`` is none of these.
@@ -183,6 +286,7 @@ def conv_general_dilated_fn(impl: str) -> Callable[..., jax.Array]:
     fns = {
         "xla": lax.conv_general_dilated,
         "im2col": im2col_conv_general_dilated,
+        "depth2d": depth2d_conv_general_dilated,
         "auto": auto_conv_general_dilated,
     }
     if impl not in fns:
@@ -207,7 +311,8 @@ def conv(
       features: output channels ``C_out``.
       kernel_size: one size for every spatial axis, or one per axis.
       num_spatial: number of spatial axes (2 for ``[B, H, W, C]``, 3 for ``[B, D, H, W, C]``).
-      impl: ``"xla"`` | ``"im2col"`` | ``"auto"``, see ``conv_general_dilated_fn``.
+      impl: ``"xla"`` | ``"im2col"`` | ``"depth2d"`` | ``"auto"``, see
+        ``conv_general_dilated_fn``.
       **kwargs: other ``nn.Conv`` fields (``strides``, ``use_bias``, ``dtype``, ``name``, ...).
 
     Returns:

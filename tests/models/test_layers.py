@@ -1,9 +1,11 @@
-"""layers: the im2col convolution equals XLA's and a float64 reference; the impl selector."""
+"""layers: the im2col and depth2d convolutions equal XLA's and a float64 reference; the impl
+selector."""
 
 import itertools
 
 import flax.linen as nn
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -52,17 +54,21 @@ CASES = [
     ((1, 6, 5, 7, 3), (3, 1, 3), (2, 1, 2), "SAME"),
     ((1, 6, 5, 4, 2), (3, 3, 3), (1, 1, 1), "VALID"),
     ((1, 6, 5, 4, 2), (3, 3, 3), (1, 1, 1), ((1, 0), (2, 1), (0, 0))),
+    ((1, 7, 5, 4, 2), (2, 3, 3), (2, 1, 1), ((0, 1), (1, 1), (1, 1))),  # even depth kernel, stride
 ]
 
 
+@pytest.mark.parametrize("impl", ["im2col", "depth2d"])
 @pytest.mark.parametrize("shape,ksize,strides,padding", CASES)
-def test_im2col_equals_float64_reference_and_xla(shape, ksize, strides, padding):
+def test_formulation_equals_float64_reference_and_xla(impl, shape, ksize, strides, padding):
+    # depth2d hands 2D convolutions to lax (its fallback): those cases check the fallback.
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
     k = rng.standard_normal((*ksize, shape[-1], 4)).astype(np.float32)
     nd = len(ksize)
     numbers = ("NHWC", "HWIO", "NHWC") if nd == 2 else ("NDHWC", "DHWIO", "NDHWC")
-    ours = layers.im2col_conv_general_dilated(x, k, strides, padding, dimension_numbers=numbers)
+    conv = layers.conv_general_dilated_fn(impl)
+    ours = conv(x, k, strides, padding, dimension_numbers=numbers)
     xla = lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=numbers)
     if padding == "SAME":
         pads = _same_pads(shape[1:-1], ksize, strides)
@@ -136,19 +142,32 @@ def test_conv_norm_act_impls_share_parameters_and_outputs(nd):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_auto_picks_im2col_for_3d_on_cpu_only():
-    assert layers.auto_conv_impl(3, "cpu") == "im2col"
+def _conv_input_ranks(jaxpr) -> list[int]:
+    """Ranks of the inputs of every convolution in a (closed) jaxpr, sub-jaxprs included."""
+    ranks = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            ranks.append(eqn.invars[0].aval.ndim)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            ranks += _conv_input_ranks(sub)
+    return ranks
+
+
+def test_auto_picks_depth2d_for_3d_on_cpu_only():
+    assert layers.auto_conv_impl(3, "cpu") == "depth2d"
+    assert layers.auto_conv_impl(3, "cpu", spatial=(4, 16, 16)) == "depth2d"
+    assert layers.auto_conv_impl(3, "cpu", spatial=(32, 8, 8)) == "im2col"  # tiny plane
     assert layers.auto_conv_impl(2, "cpu") == "xla"
     assert layers.auto_conv_impl(3, "gpu") == "xla"
-    assert layers.auto_conv_impl(3, "tpu") == "xla"
+    assert layers.auto_conv_impl(3, "tpu", spatial=(4, 4, 4)) == "xla"
     assert jax.default_backend() == "cpu"  # conftest pins the CPU backend
-    # Decided at trace time: the traced 3D program has no convolution, the 2D one has.
-    for nd, has_conv in ((3, False), (2, True)):
-        x = jnp.zeros((1, *(4,) * nd, 2))
-        mod = layers.conv(3, 3, nd, impl="auto")
+    # Decided at trace time from the static shape: depth2d traces a 2D convolution (rank-4
+    # input), im2col none, and 2D inputs keep XLA's convolution.
+    for shape, ranks in (((1, 4, 12, 12, 2), [4]), ((1, 4, 4, 4, 2), []), ((1, 4, 4, 2), [4])):
+        x = jnp.zeros(shape)
+        mod = layers.conv(3, 3, len(shape) - 2, impl="auto")
         variables = jax.eval_shape(mod.init, jax.random.key(0), x)
-        jaxpr = str(jax.make_jaxpr(mod.apply)(variables, x))
-        assert ("conv_general_dilated" in jaxpr) == has_conv
+        assert _conv_input_ranks(jax.make_jaxpr(mod.apply)(variables, x).jaxpr) == ranks
 
 
 def test_bfloat16_follows_nn_conv_dtype_rules():
