@@ -408,10 +408,10 @@ def interleave(
 def summarize(
     bench: str, setting: str, unit: str, results: dict[str, list[dict]], infos: dict[str, dict]
 ) -> list[dict[str, Any]]:
-    """One row per side (best round) plus medjax/peer ratios: best vs best, median of pairs."""
-    (ours, peer) = results
+    """One row per side (best round) plus, for each side but the last (the peer), its ratio to
+    the peer: best vs best, and the median of the per-round (paired) ratios."""
+    *ours, peer = results
     best = {name: max(r["value"] for r in rs) for name, rs in results.items()}
-    pairs = [a["value"] / b["value"] for a, b in zip(results[ours], results[peer], strict=True)]
     rows = []
     for name, rs in results.items():
         i = max(range(len(rs)), key=lambda j: rs[j]["value"])
@@ -427,36 +427,45 @@ def summarize(
             **{k: v for k, v in infos[name].items() if k != "ready"},
         }
         rows.append(row)
-    rows.append(
-        {
-            "benchmark": bench,
-            "setting": f"{setting} {ours}/{peer}",
-            "value": best[ours] / best[peer],
-            "unit": "ratio (best)",
-            "extra": f"median of paired rounds {statistics.median(pairs):.2f} "
-            f"({', '.join(f'{p:.2f}' for p in pairs)})",
-            "side": "ratio",
-            "paired": pairs,
-        }
-    )
+    for name in ours:
+        pairs = [a["value"] / b["value"] for a, b in zip(results[name], results[peer], strict=True)]
+        rows.append(
+            {
+                "benchmark": bench,
+                "setting": f"{setting} {name}/{peer}",
+                "value": best[name] / best[peer],
+                "unit": "ratio (best)",
+                "extra": f"median of paired rounds {statistics.median(pairs):.2f} "
+                f"({', '.join(f'{p:.2f}' for p in pairs)})",
+                "side": "ratio",
+                "paired": pairs,
+            }
+        )
     return rows
 
 
 def train_step_rows(
-    workloads: Sequence[str], rounds: int, steps: int, impl: str = "auto"
+    workloads: Sequence[str],
+    rounds: int,
+    steps: int,
+    impl: str = "auto",
+    also_impls: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Interleaved medjax / torch eager train-step samples/s for each workload."""
+    """Interleaved medjax / torch eager train-step samples/s for each workload.
+
+    ``also_impls`` adds medjax sides with other conv formulations (``medjax[<impl>]``) to the
+    same rounds: a before/after of a formulation change measured under the same load.
+    """
     rows = []
     for workload in workloads:
         w = WORKLOADS[workload]
         sides = {}
         try:
-            sides["medjax"] = Worker(
-                ["--worker=medjax", f"--workload={workload}", f"--impl={impl}"]
-            )
+            for name, i in (("medjax", impl), *((f"medjax[{a}]", a) for a in also_impls)):
+                sides[name] = Worker(["--worker=medjax", f"--workload={workload}", f"--impl={i}"])
             sides["torch"] = Worker(["--worker=torch", f"--workload={workload}"], torch_env())
             infos = {k: s.info for k, s in sides.items()}
-            if infos["medjax"]["params"] != infos["torch"]["params"]:
+            if len({info["params"] for info in infos.values()}) != 1:
                 raise RuntimeError(f"{workload}: parameter counts differ: {infos}")
             batch = w["batch"]
             results = interleave(
@@ -479,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workloads", default="unet2d,unet3d,luna,loader")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per workload")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
-    parser.add_argument("--impl", default="auto", help="medjax conv formulation (xla|im2col|auto)")
+    parser.add_argument("--impl", default="auto", help="medjax conv formulation (see layers)")
+    parser.add_argument("--also_impls", default="", help="extra medjax sides, e.g. 'im2col'")
     parser.add_argument("--loader_workers", default="0,2", help="worker counts for 'loader'")
     parser.add_argument("--out", default=run_all.RESULTS, help="JSONL file ('' for none)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -493,7 +503,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     run_all.ensure_importable()
     names = [n for n in args.workloads.split(",") if n]
-    rows = train_step_rows([n for n in names if n in WORKLOADS], args.rounds, args.steps, args.impl)
+    also = [a for a in args.also_impls.split(",") if a]
+    steps = [n for n in names if n in WORKLOADS]
+    rows = train_step_rows(steps, args.rounds, args.steps, args.impl, also)
     if "loader" in names:
         from benchmarks import peers_loader
 
