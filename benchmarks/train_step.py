@@ -35,7 +35,9 @@ config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True
 flags.DEFINE_integer("steps", 20, "Timed steps.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_bool("end_to_end", True, "Also time the Grain loader + step.")
-flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results.jsonl"), "JSONL file.")
+flags.DEFINE_string(
+    "out", os.path.join(os.path.dirname(__file__), "results.jsonl"), "JSONL file ('' for none)."
+)
 FLAGS = flags.FLAGS
 
 
@@ -139,11 +141,14 @@ def main(argv):
         f"on {common['device']}  params {n_params:,}  compile {compile_s:.1f}s"
     )
     print(f"{'measurement':<34}{'samples/s':>12}{'TFLOP/s':>10}")
-    with open(FLAGS.out, "a") as f:
-        for row in rows:
-            tflops = row["samples_per_s"] * flops / bs / 1e12 if flops else float("nan")
-            print(f"{row['what']:<34}{row['samples_per_s']:>12.2f}{tflops:>10.3f}")
-            f.write(json.dumps({**common, **row, "tflop_per_s": tflops}) + "\n")
+    lines = []
+    for row in rows:
+        tflops = row["samples_per_s"] * flops / bs / 1e12 if flops else float("nan")
+        print(f"{row['what']:<34}{row['samples_per_s']:>12.2f}{tflops:>10.3f}")
+        lines.append(json.dumps({**common, **row, "tflop_per_s": tflops}) + "\n")
+    if FLAGS.out:  # '' prints only
+        with open(FLAGS.out, "a") as f:
+            f.writelines(lines)
 
 
 if __name__ == "__main__":

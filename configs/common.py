@@ -68,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "unet"
     c.model.kwargs = ml_collections.ConfigDict()
+    # How "auto" convolutions are computed: "auto" (XLA's convolution on GPU/TPU and for 2D on
+    # the CPU; depth2d / im2col for 3D on the CPU, measured faster there), or force one of
+    # "xla" | "im2col" | "depth2d" (medjax/models/layers.py). Same parameters either way.
+    c.model.conv_impl = "auto"
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "dice_ce"

@@ -8,18 +8,19 @@ reoriented to LPS, z-scored and resampled to 2.0 x 1.0 x 1.0 mm: 24 x 64 x 64 vo
 Default (CPU-sized: 16x48x48 patches, 8 base features, depth 3, batch 2, 20 epochs of 20 steps;
 validation by Gaussian sliding windows over whole volumes, with HD95/ASSD in mm):
     python launch.py --config=configs/unet3d.py --workdir=runs/unet3d
-  Measured 2026-11-23 on 2 CPU cores shared with other jobs (load ~7): 0.37 steps/s; validation
-  Dice 0.19 after 5 epochs (~6 min), 0.27 after 10 (~11 min) and 0.35 after 20 (28 min; test
-  Dice 0.30, HD95 19.6 mm), against 0.027 for the best
-  global threshold on the same cases (logged as the baseline): lesions are 0.15% of the voxels
-  and their intensity overlaps CSF, discs and fat. Test-split predictions are written as NIfTI
-  with each input's affine.
+  Measured 2026-11-23 on 2 idle CPU cores (depth2d 3D convolutions, ``layers.auto_conv_impl``):
+  3 minutes wall from a built store (4 steps/s); validation Dice 0.19 after 5 epochs, 0.26
+  after 10 and 0.34 after 20 (test Dice 0.29, HD95 18.9 mm), against 0.026 for the best global
+  threshold on the same cases (logged as the baseline): lesions are 0.15% of the voxels and
+  their intensity overlaps CSF, discs and fat. Test-split predictions are written as NIfTI with
+  each input's affine.
 
 Long (``:long``: whole 24x64x64 volumes as patches, 16 features, depth 4, 400 steps):
     python launch.py --config=configs/unet3d.py:long
-  Measured by a helper with this config's model, loss and augmentations on an H100 (whole-volume
-  batches, outside launch.py): validation Dice 0.79-0.81 pooled, under a minute of GPU time;
-  about 35-40 minutes on 2 CPU cores.
+  Measured 2026-11-23 through launch.py on 2 idle CPU cores: 17.5 minutes wall (0.41 steps/s);
+  validation Dice 0.23 / 0.31 / 0.63 / 0.79 after 5 / 10 / 15 / 20 epochs (100 steps each),
+  test Dice 0.74 (per case 0.80). (An H100 ran this model's
+  400 steps in under a minute, measured outside launch.py.)
 
 Full (more cases and features, deep supervision, elastic deformation; for a GPU):
     python launch.py --config=configs/unet3d.py:full

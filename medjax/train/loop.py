@@ -26,6 +26,7 @@ from medjax import distributed, errors, registry
 from medjax.augment import compose as augment_lib
 from medjax.data import pipeline
 from medjax.losses import compound
+from medjax.models import layers
 from medjax.train import checkpoint as ckpt_lib
 from medjax.train import mesh as mesh_lib
 from medjax.train import metric_writer, optim
@@ -38,8 +39,13 @@ from medjax.train import step as step_lib
 
 
 def build_model(config: ml_collections.ConfigDict):
-    """The model named by ``config.model`` (registry ``models.<name>``)."""
-    return registry.lookup("models", config.model.name, **config.model.kwargs.to_dict())
+    """The model named by ``config.model`` (registry ``models.<name>``).
+
+    ``model.conv_impl`` other than ``"auto"`` forces that convolution formulation on the model's
+    auto convolutions (``layers.with_conv_impl``); parameters are the same either way.
+    """
+    model = registry.lookup("models", config.model.name, **config.model.kwargs.to_dict())
+    return layers.with_conv_impl(model, config.model.get("conv_impl", "auto"))
 
 
 def build_loss(config: ml_collections.ConfigDict, *, train: bool = True):

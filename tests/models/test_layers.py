@@ -189,3 +189,40 @@ def test_unknown_impl_is_a_config_error():
         layers.ConvNormAct(4, impl="winograd").init(
             jax.random.key(0), jnp.zeros((1, 4, 4, 1)), train=False
         )
+
+
+def test_conv_impl_scope_forces_auto_convolutions_of_a_whole_model():
+    # A UNet and the LunaModel (which calls auto_conv_general_dilated directly): under
+    # with_conv_impl("xla") every convolution is XLA's 3D one (rank-5 inputs); with "auto" on
+    # the CPU the same models trace 2D convolutions (depth2d) or none (im2col). Same parameters.
+    import medjax.models  # noqa: F401 - registers the models
+    from medjax import registry
+
+    x = jnp.zeros((1, 8, 16, 16, 1))
+    for name, kwargs in (("unet", {"depth": 2, "features": 4}), ("luna", {"num_blocks": 2})):
+        module = registry.lookup("models", name, **kwargs)
+        assert layers.with_conv_impl(module, "auto") is module
+        forced = layers.with_conv_impl(module, "xla")
+        v_auto = module.init(jax.random.key(0), x, train=False)
+        v_xla = forced.init(jax.random.key(0), x, train=False)
+        assert jax.tree.structure(v_auto) == jax.tree.structure(v_xla)
+        for a, b in zip(jax.tree.leaves(v_auto), jax.tree.leaves(v_xla), strict=True):
+            np.testing.assert_array_equal(a, b)
+        ranks_xla = _conv_input_ranks(jax.make_jaxpr(forced.apply)(v_auto, x).jaxpr)
+        ranks_auto = _conv_input_ranks(jax.make_jaxpr(module.apply)(v_auto, x).jaxpr)
+        assert ranks_xla and set(ranks_xla) == {5}, (name, ranks_xla)
+        assert 5 not in ranks_auto, (name, ranks_auto)
+        np.testing.assert_allclose(
+            forced.apply(v_auto, x + 1.0), module.apply(v_auto, x + 1.0), rtol=1e-4, atol=1e-4
+        )
+    # The scope ends with the block: the next trace is auto again.
+    with layers.conv_impl_scope("xla"):
+        pass
+    mod = layers.conv(3, 3, 3, impl="auto")
+    v = mod.init(jax.random.key(0), x)
+    assert 5 not in _conv_input_ranks(jax.make_jaxpr(mod.apply)(v, x).jaxpr)
+
+
+def test_with_conv_impl_names_the_config_key():
+    with pytest.raises(errors.ConfigError, match=r"model\.conv_impl='winograd'"):
+        layers.with_conv_impl(nn.Dense(2), "winograd")
