@@ -110,16 +110,24 @@ def test_gaussian_clamps_zeros_and_is_cached_read_only():
         ((5, 6, 7, 2), (8, 8, 8)),  # 3D, smaller than the tile on every axis
     ],
 )
-def test_identity_model_reproduces_input(shape, tile, frac):
+@pytest.mark.parametrize("blend", ["device", "host"])
+def test_identity_model_reproduces_input(shape, tile, frac, blend):
     image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     out = sw.sliding_window_predict(
-        _identity, image, tile_size=tile, num_classes=shape[-1], step_fraction=frac, batch_size=4
+        _identity,
+        image,
+        tile_size=tile,
+        num_classes=shape[-1],
+        step_fraction=frac,
+        batch_size=4,
+        blend=blend,
     )
     assert out.shape == shape and out.dtype == np.float32
     np.testing.assert_allclose(out, image, rtol=1e-5, atol=1e-5)
 
 
-def test_blend_matches_numpy_reference():
+@pytest.mark.parametrize("blend", ["device", "host"])
+def test_blend_matches_numpy_reference(blend):
     """A window-dependent model: each window predicts its own mean (so overlaps disagree)."""
     image = np.random.default_rng(1).normal(size=(21, 30, 1)).astype(np.float32)
     tile = (8, 12)
@@ -129,7 +137,13 @@ def test_blend_matches_numpy_reference():
         return jnp.broadcast_to(w.mean(axis=(1, 2), keepdims=True), w.shape[:-1] + (2,))
 
     out = sw.sliding_window_predict(
-        window_mean, image, tile_size=tile, num_classes=2, step_fraction=0.5, batch_size=3
+        window_mean,
+        image,
+        tile_size=tile,
+        num_classes=2,
+        step_fraction=0.5,
+        batch_size=3,
+        blend=blend,
     )
     ref, wsum = _numpy_blend(
         image, tile, 0.5, lambda w: np.broadcast_to(w.mean(keepdims=True), w.shape[:-1] + (2,))
@@ -144,7 +158,8 @@ def test_blend_matches_numpy_reference():
 @pytest.mark.parametrize(
     "shape, tile, frac", [((33, 17, 1), (16, 16), 0.5), ((9, 20, 11, 1), (8, 8, 8), 1.0)]
 )
-def test_accumulated_weights_positive_everywhere(shape, tile, frac):
+@pytest.mark.parametrize("blend", ["device", "host"])
+def test_accumulated_weights_positive_everywhere(shape, tile, frac, blend):
     image = np.zeros(shape, np.float32)
     _, wsum = _numpy_blend(image, tile, frac, lambda w: w)
     assert wsum.min() > 0
@@ -154,24 +169,27 @@ def test_accumulated_weights_positive_everywhere(shape, tile, frac):
         tile_size=tile,
         num_classes=1,
         step_fraction=frac,
+        blend=blend,
     )
     # Any voxel with zero total weight would come out as 0/0 = nan.
     np.testing.assert_allclose(ones, 1.0, rtol=1e-6)
 
 
-def test_mirroring_equals_no_mirroring_for_flip_equivariant_model():
+@pytest.mark.parametrize("blend", ["device", "host"])
+def test_mirroring_equals_no_mirroring_for_flip_equivariant_model(blend):
     @jax.jit
     def box_filter(w):  # symmetric 3x3x3 sum with zero padding commutes with every flip
         return jax.lax.reduce_window(w, 0.0, jax.lax.add, (1, 3, 3, 3, 1), (1,) * 5, "SAME")
 
     image = np.random.default_rng(2).normal(size=(13, 11, 18, 1)).astype(np.float32)
-    kwargs = dict(tile_size=(8, 8, 8), num_classes=1, step_fraction=0.5, batch_size=4)
+    kwargs = dict(tile_size=(8, 8, 8), num_classes=1, step_fraction=0.5, batch_size=4, blend=blend)
     plain = sw.sliding_window_predict(box_filter, image, **kwargs)
     mirrored = sw.sliding_window_predict(box_filter, image, mirror_axes=(0, 1, 2), **kwargs)
     np.testing.assert_allclose(mirrored, plain, rtol=1e-5, atol=1e-5)
 
 
-def test_mirroring_averages_flipped_predictions():
+@pytest.mark.parametrize("blend", ["device", "host"])
+def test_mirroring_averages_flipped_predictions(blend):
     """For a model that is not flip-equivariant, TTA is the mean over flip-conjugated models."""
     ramp = jnp.arange(8.0)[None, :, None, None]
 
@@ -184,7 +202,7 @@ def test_mirroring_averages_flipped_predictions():
         return jnp.flip(skewed(jnp.flip(w, 1)), 1)
 
     image = np.random.default_rng(3).normal(size=(20, 13, 2)).astype(np.float32)
-    kwargs = dict(tile_size=(8, 8), num_classes=2, step_fraction=0.5, batch_size=2)
+    kwargs = dict(tile_size=(8, 8), num_classes=2, step_fraction=0.5, batch_size=2, blend=blend)
     tta = sw.sliding_window_predict(skewed, image, mirror_axes=(0,), **kwargs)
     a = sw.sliding_window_predict(skewed, image, **kwargs)
     b = sw.sliding_window_predict(skewed_flipped, image, **kwargs)
@@ -209,7 +227,8 @@ def test_single_compile_for_many_volume_sizes():
     assert traces == [(3, 8, 8, 8, 1)]
 
 
-def test_sharded_over_mesh_equals_unsharded():
+@pytest.mark.parametrize("blend", ["device", "host"])
+def test_sharded_over_mesh_equals_unsharded(blend):
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
     kernel = jnp.asarray(np.random.default_rng(4).normal(size=(2, 3)), jnp.float32)
 
@@ -219,36 +238,197 @@ def test_sharded_over_mesh_equals_unsharded():
 
     image = np.random.default_rng(5).normal(size=(30, 19, 2)).astype(np.float32)
     kwargs = dict(tile_size=(8, 8), num_classes=3, step_fraction=0.5, batch_size=8)
-    sharded = sw.sliding_window_predict(model, image, mesh=mesh, **kwargs)
-    plain = sw.sliding_window_predict(model, image, **kwargs)
+    sharded = sw.sliding_window_predict(model, image, mesh=mesh, blend=blend, **kwargs)
+    plain = sw.sliding_window_predict(model, image, blend="host", **kwargs)
     np.testing.assert_allclose(sharded, plain, rtol=1e-6, atol=1e-6)
     with pytest.raises(errors.ConfigError):
-        sw.sliding_window_predict(model, image, mesh=mesh, **{**kwargs, "batch_size": 4})
-
-
-def test_bad_inputs_raise():
-    image = np.zeros((16, 16, 1), np.float32)
-    with pytest.raises(ValueError, match="predict_fn returned"):
-        sw.sliding_window_predict(_identity, image, tile_size=(8, 8), num_classes=3)
-    with pytest.raises(ValueError, match="spatial axes"):
-        sw.sliding_window_predict(_identity, image, tile_size=(8, 8, 8), num_classes=1)
-    with pytest.raises(ValueError, match="mirror_axes"):
         sw.sliding_window_predict(
-            _identity, image, tile_size=(8, 8), num_classes=1, mirror_axes=(2,)
+            model, image, mesh=mesh, blend=blend, **{**kwargs, "batch_size": 4}
         )
 
 
-def test_runs_under_transfer_guard():
+@pytest.mark.parametrize("blend", ["device", "host"])
+def test_bad_inputs_raise(blend):
+    image = np.zeros((16, 16, 1), np.float32)
+    with pytest.raises(ValueError, match="predict_fn returned"):
+        sw.sliding_window_predict(_identity, image, tile_size=(8, 8), num_classes=3, blend=blend)
+    with pytest.raises(ValueError, match="spatial axes"):
+        sw.sliding_window_predict(_identity, image, tile_size=(8, 8, 8), num_classes=1, blend=blend)
+    with pytest.raises(ValueError, match="mirror_axes"):
+        sw.sliding_window_predict(
+            _identity, image, tile_size=(8, 8), num_classes=1, mirror_axes=(2,), blend=blend
+        )
+
+
+@pytest.mark.parametrize("blend", ["device", "host"])
+def test_runs_under_transfer_guard(blend):
     """The trainer's loop runs with implicit transfers disallowed; every copy here is explicit."""
     image = np.random.default_rng(6).normal(size=(12, 10, 1)).astype(np.float32)
     with jax.transfer_guard("disallow"):
-        out = sw.sliding_window_predict(_identity, image, tile_size=(8, 8), num_classes=1)
+        out = sw.sliding_window_predict(
+            _identity, image, tile_size=(8, 8), num_classes=1, blend=blend
+        )
     np.testing.assert_allclose(out, image, rtol=1e-5, atol=1e-5)
 
 
-def test_out_dtype():
+@pytest.mark.parametrize("blend", ["device", "host"])
+def test_out_dtype(blend):
     image = np.ones((9, 9, 1), np.float32)
     out = sw.sliding_window_predict(
-        _identity, image, tile_size=(8, 8), num_classes=1, out_dtype=np.float16
+        _identity, image, tile_size=(8, 8), num_classes=1, out_dtype=np.float16, blend=blend
     )
     assert out.dtype == np.float16 and out.shape == (9, 9, 1)
+
+
+# --- blend="device" vs "host" vs a float64 reference ---------------------------------------------
+
+_KERNEL = np.random.default_rng(7).normal(size=(3, 2))
+
+
+def _skewed_jax(w):
+    """Neither flip-equivariant nor local: a ramp along tile axis 0 times the window mean."""
+    c = w.shape[-1]
+    ramp = jnp.arange(w.shape[1], dtype=jnp.float32).reshape((1, -1) + (1,) * (w.ndim - 2))
+    mean = w.mean(axis=tuple(range(1, w.ndim)), keepdims=True)
+    return jnp.tanh(w @ jnp.asarray(_KERNEL[:c], jnp.float32)) + ramp * mean
+
+
+def _skewed_numpy(w):
+    """``_skewed_jax`` for one float64 window ``[*tile, C]``."""
+    ramp = np.arange(w.shape[0], dtype=np.float64).reshape((-1,) + (1,) * (w.ndim - 1))
+    return np.tanh(w @ _KERNEL[: w.shape[-1]]) + ramp * w.mean()
+
+
+def _reference_predict(image, tile, frac, mirror_axes, gaussian):
+    """Independent float64 sliding window: centred padding, mirroring, blend, crop."""
+    nd = len(tile)
+    spatial = image.shape[:nd]
+    pads = [
+        ((t - n) // 2, (t - n) - (t - n) // 2) if n < t else (0, 0)
+        for n, t in zip(spatial, tile, strict=True)
+    ]
+    padded = np.pad(image.astype(np.float64), [*pads, (0, 0)])
+    g = np.asarray(sw.gaussian_importance_map(tile), np.float64) if gaussian else np.ones(tile)
+    acc = np.zeros(padded.shape[:nd] + (2,))
+    wsum = np.zeros(padded.shape[:nd])
+    subsets = [
+        c for r in range(len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)
+    ]
+    for corner in itertools.product(*sw.window_starts(padded.shape[:nd], tile, frac)):
+        region = tuple(slice(s, s + t) for s, t in zip(corner, tile, strict=True))
+        w = padded[region]
+        pred = np.mean([np.flip(_skewed_numpy(np.flip(w, axes)), axes) for axes in subsets], axis=0)
+        acc[region] += g[..., None] * pred
+        wsum[region] += g
+    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, spatial, strict=True))
+    return acc[crop] / wsum[crop][..., None]
+
+
+@pytest.mark.parametrize(
+    "shape, tile, frac, batch, mirror, gaussian",
+    [
+        ((37, 29, 2), (16, 16), 0.5, 3, (), True),  # 2D, 12 windows in 4 full batches
+        (
+            (37, 29, 2),
+            (16, 16),
+            0.25,
+            8,
+            (0, 1),
+            True,
+        ),  # 2D, 35 windows: padded last batch, 4 flips
+        ((10, 23, 3), (16, 8), 0.5, 4, (1,), False),  # 2D, one axis smaller than the tile
+        ((19, 9, 17, 1), (8, 8, 8), 0.5, 5, (0, 2), True),  # 3D, padded last batch
+        (
+            (21, 12, 10, 1),
+            (8, 8, 8),
+            1.0,
+            5,
+            (),
+            False,
+        ),  # 3D, no overlap, 12 windows in batches of 5
+        ((5, 6, 7, 2), (8, 8, 8), 0.5, 2, (2,), True),  # 3D, smaller than the tile everywhere
+    ],
+)
+def test_device_equals_host_equals_float64_reference(shape, tile, frac, batch, mirror, gaussian):
+    image = np.random.default_rng(8).normal(size=shape).astype(np.float32)
+    kwargs = dict(
+        tile_size=tile,
+        num_classes=2,
+        step_fraction=frac,
+        batch_size=batch,
+        mirror_axes=mirror,
+        gaussian=gaussian,
+    )
+    model = jax.jit(_skewed_jax)
+    device = sw.sliding_window_predict(model, image, blend="device", **kwargs)
+    host = sw.sliding_window_predict(model, image, blend="host", **kwargs)
+    ref = _reference_predict(image, tile, frac, mirror, gaussian)
+    assert device.shape == host.shape == shape[:-1] + (2,)
+    np.testing.assert_allclose(device, host, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(device, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_device_blend_over_mesh_with_mirroring_equals_host():
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+    image = np.random.default_rng(9).normal(size=(13, 20, 11, 3)).astype(np.float32)
+    kwargs = dict(tile_size=(8, 8, 8), num_classes=2, batch_size=8, mirror_axes=(0, 2))
+    model = jax.jit(_skewed_jax)
+    sharded = sw.sliding_window_predict(model, image, mesh=mesh, blend="device", **kwargs)
+    host = sw.sliding_window_predict(model, image, blend="host", **kwargs)
+    np.testing.assert_allclose(sharded, host, rtol=1e-5, atol=1e-5)
+
+
+def test_device_blend_compiles_once_per_padded_shape():
+    traces = []
+
+    @jax.jit
+    def model(w):
+        traces.append(w.shape)  # runs only while tracing
+        return 2.0 * w
+
+    kwargs = dict(tile_size=(16, 8, 8), num_classes=1, batch_size=3, mirror_axes=(1,))
+    # (10, ...) pads to (16, ...): the same padded shape as (16, ...), so the same blend program.
+    shapes = [(16, 20, 12, 1), (10, 20, 12, 1), (16, 20, 12, 1), (13, 20, 12, 1)]
+    cut_before, acc_before = sw._cut_windows._cache_size(), sw._accumulate._cache_size()
+    for seed, shape in enumerate(shapes):
+        image = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+        out = sw.sliding_window_predict(model, image, blend="device", **kwargs)
+        np.testing.assert_allclose(out, 2.0 * image, rtol=1e-5, atol=1e-5)
+    assert sw._cut_windows._cache_size() - cut_before <= 1
+    assert sw._accumulate._cache_size() - acc_before <= 1
+    # The model itself compiles once for every volume size, as on the host path.
+    image = np.ones((40, 9, 30, 1), np.float32)
+    sw.sliding_window_predict(model, image, blend="device", **kwargs)
+    assert traces == [(3, 16, 8, 8, 1)]
+
+
+def test_auto_picks_device_when_small_and_host_when_too_large(monkeypatch):
+    chosen = []
+    for name in ("_predict_device", "_predict_host"):
+        real = getattr(sw, name)
+        monkeypatch.setattr(
+            sw, name, lambda *a, _real=real, _name=name, **k: chosen.append(_name) or _real(*a, **k)
+        )
+    image = np.random.default_rng(10).normal(size=(12, 10, 1)).astype(np.float32)
+    kwargs = dict(tile_size=(8, 8), num_classes=1)
+    out = sw.sliding_window_predict(_identity, image, **kwargs)
+    assert chosen == ["_predict_device"]
+    # 12 * 10 voxels * (1 + 1 + 1) channels * 4 bytes = 1440 bytes: over a 1000-byte budget.
+    monkeypatch.setattr(sw, "_NO_LIMIT_BUDGET_BYTES", 1000)
+    out_host = sw.sliding_window_predict(_identity, image, **kwargs)
+    assert chosen == ["_predict_device", "_predict_host"]
+    np.testing.assert_allclose(out, out_host, rtol=1e-6)
+
+
+def test_auto_uses_a_quarter_of_the_reported_device_memory():
+    class FakeGpu:
+        def memory_stats(self):
+            return {"bytes_limit": 4000}
+
+    assert sw._resolve_blend("auto", 1000, FakeGpu()) == "device"
+    assert sw._resolve_blend("auto", 1001, FakeGpu()) == "host"
+    assert sw._resolve_blend("host", 1, FakeGpu()) == "host"
+    assert sw._resolve_blend("device", 10**15, FakeGpu()) == "device"
+    assert sw._device_path_bytes((10, 20, 30), 1, 3) == 6000 * 5 * 4
+    with pytest.raises(ValueError, match="blend"):
+        sw._resolve_blend("gpu", 1, FakeGpu())
