@@ -403,16 +403,17 @@ def _accumulate(
         jnp.flip(o.astype(jnp.float32), [a + 1 for a in axes])
         for axes, o in zip(flips, outs, strict=True)
     )
-    weighted = total * (weight_tile / len(flips))[None, ..., None]
+    window_weight = (weight_tile / len(flips))[..., None]
 
     # A loop of in-place slice updates, each window one read-add-write of the accumulator. On
     # 2 CPU cores it beat one windowed lax.scatter_add (what .at[].add lowers to) for 4 windows
-    # of 24x64x64 into 64x192x192: 0.6 vs 0.7 ms at K=1, 2.1 vs 4.1 ms at K=4.
+    # of 24x64x64 into 64x192x192: 0.7 vs 1.0 ms at K=1, 2.9 vs 5.4 ms at K=4.
     def add(i, acc):
         ls, ws = acc
         start = (*corners[i], 0)
+        # Weighting inside the loop fuses into the in-place update (no [b, *tile, K] temporary).
         ls = lax.dynamic_update_slice(
-            ls, lax.dynamic_slice(ls, start, weighted.shape[1:]) + weighted[i], start
+            ls, lax.dynamic_slice(ls, start, total.shape[1:]) + total[i] * window_weight, start
         )
         ws = lax.dynamic_update_slice(
             ws, lax.dynamic_slice(ws, start[:-1], weight_tile.shape) + weight_tile, start[:-1]
