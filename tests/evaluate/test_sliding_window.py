@@ -432,3 +432,20 @@ def test_auto_uses_a_quarter_of_the_reported_device_memory():
     assert sw._device_path_bytes((10, 20, 30), 1, 3) == 6000 * 5 * 4
     with pytest.raises(ValueError, match="blend"):
         sw._resolve_blend("gpu", 1, FakeGpu())
+
+
+def test_device_blend_as_segmentation_eval_calls_it():
+    """A plain lambda over a jitted ``logits_fn(state, windows)``, under the loop's mesh context
+    and transfer guard, as ``medjax/evaluate/segmentation.py`` calls it with ``blend="auto"``."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state = jax.device_put({"kernel": np.asarray(_KERNEL[:1], np.float32)}, replicated)
+    logits_fn = jax.jit(lambda s, w: jnp.tanh(w @ s["kernel"]))
+    image = np.random.default_rng(11).normal(size=(9, 21, 14, 1)).astype(np.float32)
+    kwargs = dict(tile_size=(8, 8, 8), num_classes=2, batch_size=8, mirror_axes=(1,), mesh=mesh)
+    with jax.set_mesh(mesh), jax.transfer_guard("disallow"):
+        device = sw.sliding_window_predict(lambda w: logits_fn(state, w), image, **kwargs)
+        host = sw.sliding_window_predict(
+            lambda w: logits_fn(state, w), image, blend="host", **kwargs
+        )
+    np.testing.assert_allclose(device, host, rtol=1e-5, atol=1e-5)
