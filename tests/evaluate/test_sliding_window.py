@@ -326,26 +326,13 @@ def _reference_predict(image, tile, frac, mirror_axes, gaussian):
 
 @pytest.mark.parametrize(
     "shape, tile, frac, batch, mirror, gaussian",
+    # Window counts not a multiple of the batch leave a padded last batch (all but the first).
     [
         ((37, 29, 2), (16, 16), 0.5, 3, (), True),  # 2D, 12 windows in 4 full batches
-        (
-            (37, 29, 2),
-            (16, 16),
-            0.25,
-            8,
-            (0, 1),
-            True,
-        ),  # 2D, 35 windows: padded last batch, 4 flips
+        ((37, 29, 2), (16, 16), 0.25, 8, (0, 1), True),  # 2D, 35 windows, 4 flips
         ((10, 23, 3), (16, 8), 0.5, 4, (1,), False),  # 2D, one axis smaller than the tile
-        ((19, 9, 17, 1), (8, 8, 8), 0.5, 5, (0, 2), True),  # 3D, padded last batch
-        (
-            (21, 12, 10, 1),
-            (8, 8, 8),
-            1.0,
-            5,
-            (),
-            False,
-        ),  # 3D, no overlap, 12 windows in batches of 5
+        ((19, 9, 17, 1), (8, 8, 8), 0.5, 5, (0, 2), True),  # 3D, 32 windows
+        ((21, 12, 10, 1), (8, 8, 8), 1.0, 5, (), False),  # 3D, no overlap, 12 windows
         ((5, 6, 7, 2), (8, 8, 8), 0.5, 2, (2,), True),  # 3D, smaller than the tile everywhere
     ],
 )
