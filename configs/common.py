@@ -46,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.patch_size = (64, 64)  # spatial size fed to the model, in voxels
     c.data.fg_oversample = 1.0 / 3.0
     c.data.num_workers = 2  # Grain worker processes (0: in-process)
+    # Reader threads and buffered batches per loader process; 0: cpus // workers threads (1..4)
+    # and twice that many batches (pipeline.read_options; Grain's own 16 / 500 thrash small hosts).
+    c.data.read_threads = 0
+    c.data.prefetch_batches = 0
     c.data.preprocess_workers = 2
     c.data.val_fraction = 0.2  # used when the crawler gives no split
     # LUNA16 (task=luna): cutouts around candidates, balanced sampling, FROC.

@@ -111,6 +111,31 @@ def _ensure_absl_flags() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+# Grain's default ReadOptions (16 reader threads and a 500-element buffer in *every* process)
+# are sized for small records on big hosts. Our elements are whole batches of 3D patches
+# (4 x 96^3 float32 = 14 MB): 500 of them is 7 GB per process, and 16 threads per worker
+# thrash a few cores. Measured on 2 cores (benchmarks/RESULTS.md, loader): with the defaults,
+# 2 workers gave 4-10 patches/s against 170-280 in-process.
+def read_options(
+    num_workers: int, threads: int = 0, prefetch_batches: int = 0
+) -> grain.ReadOptions:
+    """Reader threads and prefetch buffer for one process of a Grain pipeline of batches.
+
+    Args:
+      num_workers: Grain worker processes (0: the reading happens in this process).
+      threads: reader threads per process; 0 picks ``cpus // max(1, workers)``, clipped to 1..4.
+      prefetch_batches: batches buffered per process; 0 picks ``2 * threads``.
+
+    Returns:
+      ``grain.ReadOptions`` for ``to_iter_dataset``.
+    """
+    if threads <= 0:
+        threads = min(4, max(1, (os.cpu_count() or 1) // max(1, num_workers)))
+    if prefetch_batches <= 0:
+        prefetch_batches = 2 * threads
+    return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch_batches)
+
+
 def make_train_dataset(
     source: Any,
     *,
@@ -119,12 +144,14 @@ def make_train_dataset(
     fg_oversample: float,
     seed: int,
     num_workers: int,
+    read_threads: int = 0,
+    prefetch_batches: int = 0,
 ) -> grain.IterDataset:
     """An endless, seeded dataset of this process's share of each global batch.
 
     Order: case indices shuffled per epoch (reshuffled every repetition) -> global batches of
     indices -> each process loads its rows of each batch (``LoadPatchBatch``). Batch ``b`` is the
-    same on 1 or N processes.
+    same on 1 or N processes. ``read_threads`` / ``prefetch_batches``: see ``read_options``.
     """
     n_proc, proc = jax.process_count(), jax.process_index()
     if global_batch_size % n_proc:
@@ -141,7 +168,8 @@ def make_train_dataset(
         seed=seed,
         rows=slice(proc * per_proc, (proc + 1) * per_proc),
     )
-    ds = ds.map_with_index(load).to_iter_dataset()
+    options = read_options(num_workers, read_threads, prefetch_batches)
+    ds = ds.map_with_index(load).to_iter_dataset(options)
     if num_workers > 0:
         _ensure_absl_flags()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
@@ -204,6 +232,8 @@ def make_sample_dataset(
     num_workers: int,
     ratio: tuple[int, ...] = (),
     epoch_length: int = 0,
+    read_threads: int = 0,
+    prefetch_batches: int = 0,
 ) -> grain.IterDataset:
     """An endless, seeded dataset of whole samples (classification), one label each.
 
@@ -219,6 +249,7 @@ def make_sample_dataset(
       num_workers: Grain worker processes (0: in-process).
       ratio: class ratio per epoch (see ``balanced_epoch_indices``), or empty.
       epoch_length: samples per balanced epoch (0: ``len(labels)``).
+      read_threads, prefetch_batches: per process, see ``read_options``.
 
     Raises:
       ConfigError: the batch does not split over the processes.
@@ -236,7 +267,7 @@ def make_sample_dataset(
         ds = grain.MapDataset.range(len(labels)).seed(seed).shuffle().repeat()
     ds = ds.batch(global_batch_size, drop_remainder=True)
     ds = ds.map(_ProcessRows(load, slice(proc * per_proc, (proc + 1) * per_proc)))
-    ds = ds.to_iter_dataset()
+    ds = ds.to_iter_dataset(read_options(num_workers, read_threads, prefetch_batches))
     if num_workers > 0:
         _ensure_absl_flags()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))

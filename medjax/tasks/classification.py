@@ -161,6 +161,8 @@ class ClassificationTask:
             global_batch_size=global_batch_size,
             seed=seed,
             num_workers=self.config.data.num_workers,
+            read_threads=self.config.data.get("read_threads", 0),
+            prefetch_batches=self.config.data.get("prefetch_batches", 0),
             ratio=self.ratio,
             epoch_length=self.num_train,
         )

@@ -119,6 +119,8 @@ class LunaTask:
             global_batch_size=global_batch_size,
             seed=seed,
             num_workers=self.config.data.num_workers,
+            read_threads=self.config.data.get("read_threads", 0),
+            prefetch_batches=self.config.data.get("prefetch_batches", 0),
             ratio=tuple(int(r) for r in self.config.data.luna.ratio),
             epoch_length=self.num_train,
         )

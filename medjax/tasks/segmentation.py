@@ -49,6 +49,8 @@ class SegmentationTask:
             fg_oversample=self.config.data.fg_oversample,
             seed=seed,
             num_workers=self.config.data.num_workers,
+            read_threads=self.config.data.get("read_threads", 0),
+            prefetch_batches=self.config.data.get("prefetch_batches", 0),
         )
 
     def make_eval_fns(self, loss_fn: Callable, precision: str) -> dict[str, Callable]:
