@@ -69,7 +69,7 @@ class LunaBlock(nn.Module):
                 name=name,
             )(x)
             x = nn.relu(x)
-        return nn.max_pool(x, (2,) * nd, strides=(2,) * nd)
+        return layers.max_pool2(x)  # nn.max_pool's values, a faster CPU gradient
 
 
 class LunaModel(nn.Module):

@@ -226,3 +226,28 @@ def test_conv_impl_scope_forces_auto_convolutions_of_a_whole_model():
 def test_with_conv_impl_names_the_config_key():
     with pytest.raises(errors.ConfigError, match=r"model\.conv_impl='winograd'"):
         layers.with_conv_impl(nn.Dense(2), "winograd")
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 8, 3), (2, 7, 9, 2), (1, 5, 6, 7, 2), (2, 4, 4, 4, 1)])
+def test_max_pool2_equals_numpy_and_nn_max_pool(shape):
+    x = jax.random.normal(jax.random.key(3), shape)
+    nd = len(shape) - 2
+    xs = np.asarray(x, np.float64)
+    # Independent reference: max over the 2**nd offsets of the floor-cropped grid.
+    half = [d // 2 for d in shape[1:-1]]
+    want = np.full((shape[0], *half, shape[-1]), -np.inf)
+    for offset in itertools.product(range(2), repeat=nd):
+        view = xs[(slice(None), *(slice(o, 2 * h, 2) for o, h in zip(offset, half, strict=True)))]
+        want = np.maximum(want, view)
+    np.testing.assert_array_equal(layers.max_pool2(x), want.astype(np.float32))
+    np.testing.assert_array_equal(layers.max_pool2(x), nn.max_pool(x, (2,) * nd, (2,) * nd))
+    # No ties in random data: the same gradient as XLA's windowed max.
+    g = jax.grad(lambda v: jnp.sum(jnp.sin(layers.max_pool2(v))))(x)
+    g_ref = jax.grad(lambda v: jnp.sum(jnp.sin(nn.max_pool(v, (2,) * nd, (2,) * nd))))(x)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-7)
+
+
+def test_max_pool2_splits_the_gradient_of_a_tie():
+    x = jnp.array([[1.0, 3.0], [3.0, 2.0]]).reshape(1, 2, 2, 1)
+    g = jax.grad(lambda v: layers.max_pool2(v).sum())(x)
+    np.testing.assert_array_equal(g.reshape(2, 2), [[0.0, 0.5], [0.5, 0.0]])
