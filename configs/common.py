@@ -144,6 +144,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.write_dicom_seg = True
     c.eval.step_fraction = 0.5  # sliding-window overlap for volumes larger than the patch
     c.eval.mirror_axes = ()
+    # Where sliding-window predictions are blended: "auto" (on the device when the volume and
+    # accumulators fit a quarter of its memory, else on the host), "device" or "host".
+    c.eval.blend = "auto"
 
     c.ckpt = ml_collections.ConfigDict()
     c.ckpt.monitor = "val/dice"

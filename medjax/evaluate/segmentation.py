@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from medjax import distributed
+from medjax import distributed, errors
 from medjax.data import pipeline, sources
 from medjax.metrics import confusion
 
@@ -124,6 +124,15 @@ def sample_grid(
     return np.repeat(grid[..., None], 3, axis=-1)
 
 
+BLENDS = ("auto", "device", "host")
+
+
+def check_blend(blend: str) -> None:
+    """Raises a ConfigError naming ``eval.blend`` unless it is one of ``BLENDS``."""
+    if blend not in BLENDS:
+        raise errors.ConfigError(f"eval.blend={blend!r} is unknown; expected one of {BLENDS}.")
+
+
 def evaluate_volumes(
     logits_fn: Callable[[Any, jax.Array], jax.Array],
     state: Any,
@@ -136,6 +145,7 @@ def evaluate_volumes(
     mesh: jax.sharding.Mesh,
     step_fraction: float = 0.5,
     mirror_axes: tuple[int, ...] = (),
+    blend: str = "auto",
     keep_predictions: bool = False,
 ) -> tuple[dict[str, float], list[dict[str, Any]], dict[int, np.ndarray]]:
     """Sliding-window evaluation of cases of any size, with distance metrics in millimetres.
@@ -148,8 +158,14 @@ def evaluate_volumes(
     Args:
       logits_fn: jitted ``(state, windows float32[b, *tile, C]) -> logits [b, *tile, K]``.
       spacings: per case, the mm spacing of the stored (preprocessed) grid.
+      blend: where windows are blended, see ``sliding_window.sliding_window_predict``.
+
+    Raises:
+      ConfigError: ``blend`` is unknown (named as ``eval.blend``).
     """
     from medjax.evaluate import sliding_window
+
+    check_blend(blend)
     from medjax.metrics import segmentation as seg_metrics
 
     totals = {k: 0.0 for k in ("tp", "fp", "fn", "tn")}
@@ -165,6 +181,7 @@ def evaluate_volumes(
             batch_size=batch_size,
             mirror_axes=mirror_axes,
             mesh=mesh,
+            blend=blend,
         )
         pred = (logits[..., 0] > 0) if num_classes == 1 else np.argmax(logits, axis=-1)
         pred = pred.astype(np.uint8)

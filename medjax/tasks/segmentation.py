@@ -28,6 +28,7 @@ class SegmentationTask:
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
+        seg_eval.check_blend(config.eval.get("blend", "auto"))  # before hours of training
         self.data = pipeline.prepare_data(config)
         channels = {e["channels"] for split in self.data.splits.values() for e in split}
         if len(channels) != 1:
@@ -98,6 +99,7 @@ class SegmentationTask:
             mesh=mesh,
             step_fraction=self.config.eval.step_fraction,
             mirror_axes=tuple(self.config.eval.mirror_axes),
+            blend=self.config.eval.get("blend", "auto"),
             keep_predictions=keep_predictions,
         )
 

@@ -1,11 +1,14 @@
 """3D end to end: patches smaller than the volumes, sliding-window validation, NIfTI outputs."""
 
 import glob
+import json
 import os
 
 import nibabel as nib
 import numpy as np
+import pytest
 
+from medjax import errors
 from medjax.data import synthetic
 from medjax.testing import configs
 from medjax.train import loop
@@ -30,3 +33,22 @@ def test_unet3d_tiny_trains_and_writes_predictions_in_the_input_geometry(tmp_pat
         assert ours.shape == source.shape
         np.testing.assert_allclose(ours.affine, source.affine, atol=1e-5)
         assert set(np.unique(np.asarray(ours.dataobj))) <= {0, 1}
+
+    # eval.blend reaches the sliding window: host blending gives the metrics of "auto" (which
+    # blends these small volumes on the device).
+    with open(os.path.join(result["dir"], "metrics.json")) as f:
+        auto_metrics = json.load(f)
+    config.eval.blend = "host"
+    host = loop.evaluate(config, workdir)
+    with open(os.path.join(host["dir"], "metrics.json")) as f:
+        host_metrics = json.load(f)
+    for key in ("dice", "iou", "sensitivity", "dice_per_case"):
+        np.testing.assert_allclose(host_metrics[key], auto_metrics[key], rtol=1e-6, err_msg=key)
+
+
+def test_unknown_eval_blend_fails_before_training(tmp_path):
+    config = configs.load_config("unet3d", "tiny")
+    config.eval.blend = "gpu"
+    with pytest.raises(errors.ConfigError, match=r"eval\.blend='gpu'"):
+        loop.train_and_evaluate(config, str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "ckpt"))
