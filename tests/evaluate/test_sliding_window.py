@@ -9,6 +9,7 @@ import pytest
 from jax.sharding import AxisType
 
 from medjax import errors
+from medjax.evaluate import blending
 from medjax.evaluate import sliding_window as sw
 
 
@@ -376,13 +377,13 @@ def test_device_blend_compiles_once_per_padded_shape():
     kwargs = dict(tile_size=(16, 8, 8), num_classes=1, batch_size=3, mirror_axes=(1,))
     # (10, ...) pads to (16, ...): the same padded shape as (16, ...), so the same blend program.
     shapes = [(16, 20, 12, 1), (10, 20, 12, 1), (16, 20, 12, 1), (13, 20, 12, 1)]
-    cut_before, acc_before = sw._cut_windows._cache_size(), sw._accumulate._cache_size()
+    cut_before, acc_before = blending._cut_windows._cache_size(), blending._accumulate._cache_size()
     for seed, shape in enumerate(shapes):
         image = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
         out = sw.sliding_window_predict(model, image, blend="device", **kwargs)
         np.testing.assert_allclose(out, 2.0 * image, rtol=1e-5, atol=1e-5)
-    assert sw._cut_windows._cache_size() - cut_before <= 1
-    assert sw._accumulate._cache_size() - acc_before <= 1
+    assert blending._cut_windows._cache_size() - cut_before <= 1
+    assert blending._accumulate._cache_size() - acc_before <= 1
     # The model itself compiles once for every volume size, as on the host path.
     image = np.ones((40, 9, 30, 1), np.float32)
     sw.sliding_window_predict(model, image, blend="device", **kwargs)
@@ -391,19 +392,21 @@ def test_device_blend_compiles_once_per_padded_shape():
 
 def test_auto_picks_device_when_small_and_host_when_too_large(monkeypatch):
     chosen = []
-    for name in ("_predict_device", "_predict_host"):
-        real = getattr(sw, name)
+    for name in ("predict_device", "predict_host"):
+        real = getattr(blending, name)
         monkeypatch.setattr(
-            sw, name, lambda *a, _real=real, _name=name, **k: chosen.append(_name) or _real(*a, **k)
+            blending,
+            name,
+            lambda *a, _real=real, _name=name, **k: chosen.append(_name) or _real(*a, **k),
         )
     image = np.random.default_rng(10).normal(size=(12, 10, 1)).astype(np.float32)
     kwargs = dict(tile_size=(8, 8), num_classes=1)
     out = sw.sliding_window_predict(_identity, image, **kwargs)
-    assert chosen == ["_predict_device"]
+    assert chosen == ["predict_device"]
     # 12 * 10 voxels * (1 + 1 + 1) channels * 4 bytes = 1440 bytes: over a 1000-byte budget.
     monkeypatch.setattr(sw, "_NO_LIMIT_BUDGET_BYTES", 1000)
     out_host = sw.sliding_window_predict(_identity, image, **kwargs)
-    assert chosen == ["_predict_device", "_predict_host"]
+    assert chosen == ["predict_device", "predict_host"]
     np.testing.assert_allclose(out, out_host, rtol=1e-6)
 
 
