@@ -124,13 +124,14 @@ def sample_grid(
     return np.repeat(grid[..., None], 3, axis=-1)
 
 
-BLENDS = ("auto", "device", "host")
-
-
 def check_blend(blend: str) -> None:
-    """Raises a ConfigError naming ``eval.blend`` unless it is one of ``BLENDS``."""
-    if blend not in BLENDS:
-        raise errors.ConfigError(f"eval.blend={blend!r} is unknown; expected one of {BLENDS}.")
+    """Raises a ConfigError naming ``eval.blend`` unless it is one of ``sliding_window.BLENDS``."""
+    from medjax.evaluate import sliding_window
+
+    if blend not in sliding_window.BLENDS:
+        raise errors.ConfigError(
+            f"eval.blend={blend!r} is unknown; expected one of {sliding_window.BLENDS}."
+        )
 
 
 def evaluate_volumes(

@@ -133,7 +133,7 @@ _DEVICE_MEMORY_FRACTION = 0.25
 _NO_LIMIT_BUDGET_BYTES = 2 * 1024**3
 
 Blend = Literal["device", "host", "auto"]
-_BLENDS = ("device", "host", "auto")
+BLENDS = ("auto", "device", "host")  # also the values of the eval.blend config key
 
 
 def _device_path_bytes(padded_shape: Sequence[int], in_channels: int, num_classes: int) -> int:
@@ -143,8 +143,8 @@ def _device_path_bytes(padded_shape: Sequence[int], in_channels: int, num_classe
 
 def _resolve_blend(blend: str, nbytes: int, device: jax.Device) -> str:
     """``"auto"`` -> ``"device"`` or ``"host"`` by the rule in ``sliding_window_predict``."""
-    if blend not in _BLENDS:
-        raise ValueError(f"blend must be one of {_BLENDS}, got {blend!r}.")
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}.")
     if blend != "auto":
         return blend
     if jax.process_count() > 1:

@@ -5,7 +5,6 @@ import itertools
 
 import flax.linen as nn
 import jax
-import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from jax import lax
 
 from medjax import errors
 from medjax.models import layers
+from medjax.testing import jaxprs
 
 
 def _numpy_conv(x, k, strides, pads):
@@ -142,17 +142,6 @@ def test_conv_norm_act_impls_share_parameters_and_outputs(nd):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def _conv_input_ranks(jaxpr) -> list[int]:
-    """Ranks of the inputs of every convolution in a (closed) jaxpr, sub-jaxprs included."""
-    ranks = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            ranks.append(eqn.invars[0].aval.ndim)
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            ranks += _conv_input_ranks(sub)
-    return ranks
-
-
 def test_auto_picks_depth2d_for_3d_on_cpu_only():
     assert layers.auto_conv_impl(3, "cpu") == "depth2d"
     assert layers.auto_conv_impl(3, "cpu", spatial=(4, 16, 16)) == "depth2d"
@@ -167,7 +156,7 @@ def test_auto_picks_depth2d_for_3d_on_cpu_only():
         x = jnp.zeros(shape)
         mod = layers.conv(3, 3, len(shape) - 2, impl="auto")
         variables = jax.eval_shape(mod.init, jax.random.key(0), x)
-        assert _conv_input_ranks(jax.make_jaxpr(mod.apply)(variables, x).jaxpr) == ranks
+        assert jaxprs.conv_input_ranks(jax.make_jaxpr(mod.apply)(variables, x).jaxpr) == ranks
 
 
 def test_bfloat16_follows_nn_conv_dtype_rules():
@@ -208,8 +197,8 @@ def test_conv_impl_scope_forces_auto_convolutions_of_a_whole_model():
         assert jax.tree.structure(v_auto) == jax.tree.structure(v_xla)
         for a, b in zip(jax.tree.leaves(v_auto), jax.tree.leaves(v_xla), strict=True):
             np.testing.assert_array_equal(a, b)
-        ranks_xla = _conv_input_ranks(jax.make_jaxpr(forced.apply)(v_auto, x).jaxpr)
-        ranks_auto = _conv_input_ranks(jax.make_jaxpr(module.apply)(v_auto, x).jaxpr)
+        ranks_xla = jaxprs.conv_input_ranks(jax.make_jaxpr(forced.apply)(v_auto, x).jaxpr)
+        ranks_auto = jaxprs.conv_input_ranks(jax.make_jaxpr(module.apply)(v_auto, x).jaxpr)
         assert ranks_xla and set(ranks_xla) == {5}, (name, ranks_xla)
         assert 5 not in ranks_auto, (name, ranks_auto)
         np.testing.assert_allclose(
@@ -220,7 +209,7 @@ def test_conv_impl_scope_forces_auto_convolutions_of_a_whole_model():
         pass
     mod = layers.conv(3, 3, 3, impl="auto")
     v = mod.init(jax.random.key(0), x)
-    assert 5 not in _conv_input_ranks(jax.make_jaxpr(mod.apply)(v, x).jaxpr)
+    assert 5 not in jaxprs.conv_input_ranks(jax.make_jaxpr(mod.apply)(v, x).jaxpr)
 
 
 def test_with_conv_impl_names_the_config_key():

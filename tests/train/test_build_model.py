@@ -3,7 +3,6 @@ same step to float tolerance, XLA's 3D convolution traced only when forced); unk
 ConfigErrors naming the key."""
 
 import jax
-import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -11,19 +10,10 @@ import pytest
 
 from configs import unet3d
 from medjax import errors
+from medjax.testing import jaxprs
 from medjax.train import loop
 from medjax.train import state as state_lib
 from medjax.train import step as step_lib
-
-
-def _conv_ranks(jaxpr) -> list[int]:
-    ranks = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            ranks.append(eqn.invars[0].aval.ndim)
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            ranks += _conv_ranks(sub)
-    return ranks
 
 
 def _step_once(config):
@@ -33,7 +23,7 @@ def _step_once(config):
     step = step_lib.make_train_step(loop.build_loss(config), None, optax.constant_schedule(0.1))
     image = jax.random.normal(jax.random.key(1), shape)
     batch = {"image": image, "label": (image[..., 0] > 1.0).astype(jnp.int32)}
-    ranks = _conv_ranks(jax.make_jaxpr(step)(state, batch, jax.random.key(2)).jaxpr)
+    ranks = jaxprs.conv_input_ranks(jax.make_jaxpr(step)(state, batch, jax.random.key(2)).jaxpr)
     new_state, metrics = jax.jit(step)(state, batch, jax.random.key(2))
     return state, new_state, metrics, ranks
 
