@@ -76,6 +76,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import run_all  # noqa: E402
+from medjax import xla_env  # noqa: E402
 
 _UNET2D = {"model": "unet", "features": (16, 32, 64, 128, 256, 16), "k": 1}
 _UNET3D = {"model": "unet", "features": (32, 32, 64, 128, 256, 32), "k": 2}
@@ -606,17 +607,26 @@ def side_specs(
     impl: str = "auto",
     also_impls: Sequence[str] = (),
     torch_modes: Sequence[str] = ("eager",),
+    also_no_xla_defaults: bool = False,
 ) -> dict[str, tuple[list[str], dict[str, str]]]:
     """The sides of one train-step comparison, in the order they are asked.
 
     Returns:
       Side name -> (worker command-line arguments, worker environment): ``medjax``, then
-      ``medjax[<impl>]`` for each of ``also_impls``, then ``torch <mode>`` for each mode.
+      ``medjax[<impl>]`` for each of ``also_impls``, then ``medjax[no xla defaults]`` (medjax
+      with ``MEDJAX_XLA_DEFAULTS=0``, see ``medjax/xla_env.py``) when asked, then
+      ``torch <mode>`` for each mode.
     """
     common = [f"--workload={workload}", f"--sizes={sizes}", f"--worker_precision={precision}"]
     specs = {}
     for name, i in (("medjax", impl), *((f"medjax[{a}]", a) for a in also_impls)):
         specs[name] = (["--worker=medjax", *common, f"--impl={i}"], jax_env())
+    if also_no_xla_defaults:
+        env = {**jax_env(), "MEDJAX_XLA_DEFAULTS": "0"}
+        # This process may have imported medjax (which added its flags to XLA_FLAGS): drop them.
+        added = {f"--{name}={value}" for name, value, _ in xla_env.CPU_DEFAULTS}
+        env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f not in added)
+        specs["medjax[no xla defaults]"] = (["--worker=medjax", *common, f"--impl={impl}"], env)
     for mode in torch_modes:
         specs[f"torch {mode}"] = (["--worker=torch", *common, f"--worker_mode={mode}"], torch_env())
     return specs
@@ -651,6 +661,7 @@ def train_step_rows(
     sizes: str = "cpu",
     precisions: Sequence[str] = ("fp32",),
     torch_modes: Sequence[str] = ("eager",),
+    also_no_xla_defaults: bool = False,
 ) -> list[dict[str, Any]]:
     """Interleaved medjax / torch train-step samples/s for each workload and precision.
 
@@ -668,7 +679,9 @@ def train_step_rows(
         batch = WORKLOADS[sizes][workload]["batch"]
         for precision in precisions:
             setting = setting_of(workload, sizes, precision)
-            specs = side_specs(workload, sizes, precision, impl, also_impls, torch_modes)
+            specs = side_specs(
+                workload, sizes, precision, impl, also_impls, torch_modes, also_no_xla_defaults
+            )
             sides, failed = {}, {}
             try:
                 for name, (args, env) in specs.items():
@@ -723,6 +736,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
     parser.add_argument("--impl", default="auto", help="medjax conv formulation (see layers)")
     parser.add_argument("--also_impls", default="", help="extra medjax sides, e.g. 'im2col'")
+    parser.add_argument(
+        "--also_no_xla_defaults",
+        action="store_true",
+        help="add a medjax side with MEDJAX_XLA_DEFAULTS=0 (before/after of medjax/xla_env.py)",
+    )
     parser.add_argument("--loader_workers", default="0,2", help="worker counts for 'loader'")
     parser.add_argument("--out", default=run_all.RESULTS, help="JSONL file ('' for none)")
     parser.add_argument("--dry_run", action="store_true", help="list the comparisons, run none")
@@ -750,7 +768,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         for workload in steps:
             print(f"{workload}: {table[workload]}")
             for precision in precisions:
-                specs = side_specs(workload, args.sizes, precision, args.impl, also, modes)
+                specs = side_specs(
+                    workload,
+                    args.sizes,
+                    precision,
+                    args.impl,
+                    also,
+                    modes,
+                    args.also_no_xla_defaults,
+                )
                 print(f"  {setting_of(workload, args.sizes, precision)}:")
                 for name, (worker_args, _) in specs.items():
                     print(f"    {name:<16} {' '.join(worker_args)}")
@@ -771,6 +797,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sizes=args.sizes,
         precisions=precisions,
         torch_modes=modes,
+        also_no_xla_defaults=args.also_no_xla_defaults,
     )
     if "loader" in names:
         from benchmarks import peers_loader

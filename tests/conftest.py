@@ -12,6 +12,8 @@ os.environ.setdefault("MEDJAX_CACHE", os.path.join(os.path.dirname(__file__), ".
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+import medjax  # noqa: E402, F401 - its XLA defaults go into XLA_FLAGS before any backend starts
+
 jax.config.update("jax_threefry_partitionable", True)
 # Tests run tiny programs a few times: compile time dominates, so compile fast (STYLE.md sec. 10).
 jax.config.update("jax_disable_most_optimizations", True)
