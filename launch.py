@@ -13,6 +13,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import medjax  # noqa: F401 - its XLA defaults (medjax/xla_env.py) precede any JAX backend
+
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (path[:arg]).", lock_config=True
 )
