@@ -624,7 +624,7 @@ def side_specs(
     if also_no_xla_defaults:
         env = {**jax_env(), "MEDJAX_XLA_DEFAULTS": "0"}
         # This process may have imported medjax (which added its flags to XLA_FLAGS): drop them.
-        added = {f"--{name}={value}" for name, value, _ in xla_env.CPU_DEFAULTS}
+        added = {f"--{name}={value}" for name, value, *_ in xla_env.CPU_DEFAULTS}
         env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f not in added)
         specs["medjax[no xla defaults]"] = (["--worker=medjax", *common, f"--impl={impl}"], env)
     for mode in torch_modes:

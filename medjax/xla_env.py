@@ -29,10 +29,12 @@ import warnings
 from collections.abc import MutableMapping
 
 OPT_OUT = "MEDJAX_XLA_DEFAULTS"
-# (flag, value, oldest jaxlib measured with it). An XLA that does not know a flag aborts the
-# process at backend start, so a flag goes only to the jaxlib versions it was checked on.
-CPU_DEFAULTS: tuple[tuple[str, str, tuple[int, int]], ...] = (
-    ("xla_cpu_experimental_ynn_fusion_type", "-individual_convolution", (0, 10)),
+# (flag, value, oldest and newest jaxlib (major, minor) it is known to). An XLA that does not
+# know a flag or one of its values aborts the process at backend start, so a flag goes only to
+# the jaxlib versions checked: 0.10 measured here; 0.11 (the GPU image's) has the same flag and
+# enum value in its XLA source. A newer jaxlib gets nothing until someone checks it.
+CPU_DEFAULTS: tuple[tuple[str, str, tuple[int, int], tuple[int, int]], ...] = (
+    ("xla_cpu_experimental_ynn_fusion_type", "-individual_convolution", (0, 10), (0, 11)),
 )
 
 
@@ -67,8 +69,8 @@ def xla_defaults(environ: MutableMapping[str, str], jaxlib: tuple[int, int] | No
     current = environ.get("XLA_FLAGS", "")
     return [
         f"--{name}={value}"
-        for name, value, oldest in CPU_DEFAULTS
-        if jaxlib >= oldest and f"--{name}=" not in current
+        for name, value, oldest, newest in CPU_DEFAULTS
+        if oldest <= jaxlib <= newest and f"--{name}=" not in current
     ]
 
 

@@ -17,9 +17,11 @@ def test_defaults_added_for_measured_jaxlib():
     assert xla_env.xla_defaults({"XLA_FLAGS": "--foo=1"}, (0, 11)) == [FLAG]
 
 
-def test_nothing_for_older_or_unknown_jaxlib():
+def test_nothing_for_unchecked_jaxlib():
     # An XLA that does not know a flag aborts at backend start: never guess.
     assert xla_env.xla_defaults({}, (0, 9)) == []
+    assert xla_env.xla_defaults({}, (0, 12)) == []
+    assert xla_env.xla_defaults({}, (1, 0)) == []
     assert xla_env.xla_defaults({}, None) == []
 
 
@@ -78,9 +80,13 @@ def _probe(env: dict[str, str], prelude: str = "") -> tuple[dict, str]:
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
 
 
-def test_xla_uses_its_own_convolutions_after_import_medjax():
-    if xla_env._jaxlib_version() is None or xla_env._jaxlib_version() < (0, 10):
+def _skip_unless_flagged() -> None:
+    if not xla_env.xla_defaults({}, xla_env._jaxlib_version()):
         pytest.skip("medjax adds no XLA flag for this jaxlib")
+
+
+def test_xla_uses_its_own_convolutions_after_import_medjax():
+    _skip_unless_flagged()
     off, _ = _probe({"MEDJAX_XLA_DEFAULTS": "0"})
     if off["ynn_convs"] == 0:
         pytest.skip("this jaxlib does not give these convolutions to YNNPACK anyway")
@@ -91,8 +97,7 @@ def test_xla_uses_its_own_convolutions_after_import_medjax():
 
 
 def test_warns_when_jax_started_first():
-    if xla_env._jaxlib_version() is None or xla_env._jaxlib_version() < (0, 10):
-        pytest.skip("medjax adds no XLA flag for this jaxlib")
+    _skip_unless_flagged()
     started = "import jax, jax.numpy as jnp; jnp.ones(2).block_until_ready()"
     result, stderr = _probe({"MEDJAX_XLA_DEFAULTS": "1"}, prelude=started)
     assert result["xla_flags"] == ""  # left alone: it could not take effect any more
