@@ -158,15 +158,12 @@ class MedjaxWorker:
         """Seconds per step for ``n`` steps, each ended with ``block_until_ready``."""
         import jax
 
-        times = []
-        for _ in range(n):
-            if len(times) >= 3 and sum(times) > peers_workloads.MAX_ROUND_S:
-                break
-            t = time.perf_counter()
-            self.state, metrics = self.step(self.state, self.batch, self.key)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - t)
-        self.loss = float(metrics["loss"])
+        def one() -> None:
+            self.state, self.metrics = self.step(self.state, self.batch, self.key)
+            jax.block_until_ready(self.metrics)
+
+        times = peers_workloads.time_steps(one, n)
+        self.loss = float(self.metrics["loss"])
         return times
 
     def answer(self, n: int) -> dict[str, Any]:

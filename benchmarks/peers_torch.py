@@ -124,11 +124,7 @@ class TorchWorker:
         """Seconds per step, each ended by a device synchronisation (see below)."""
         import torch
 
-        times = []
-        for _ in range(n):
-            if len(times) >= 3 and sum(times) > peers_workloads.MAX_ROUND_S:
-                break
-            t = time.perf_counter()
+        def one() -> None:
             self.opt.zero_grad(set_to_none=True)
             with self.autocast:
                 loss = self.loss_fn(self.model(self.x), self.y)
@@ -140,8 +136,8 @@ class TorchWorker:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.loss = loss.item()
-            times.append(time.perf_counter() - t)
-        return times
+
+        return peers_workloads.time_steps(one, n)
 
     def answer(self, n: int) -> dict[str, Any]:
         """The protocol's answer to ``run n``: step times and the last loss."""

@@ -6,6 +6,8 @@ they live apart from all three: no side imports the parent module or the other s
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 _UNET2D = {"model": "unet", "features": (16, 32, 64, 128, 256, 16), "k": 1}
@@ -30,3 +32,18 @@ PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 TORCH_MODES = ("eager", "compile")
 # A round stops after 3 steps once it has run this long (3D steps take seconds on 2 cores).
 MAX_ROUND_S = 30.0
+
+
+def time_steps(step: Callable[[], None], n: int) -> list[float]:
+    """Seconds of each of ``n`` calls of ``step`` (which must end synchronised with the device).
+
+    Stops early, after at least 3 steps, once a round has run ``MAX_ROUND_S``.
+    """
+    times: list[float] = []
+    for _ in range(n):
+        if len(times) >= 3 and sum(times) > MAX_ROUND_S:
+            break
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return times
