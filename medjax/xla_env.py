@@ -17,7 +17,7 @@ Turning every YNNPACK fusion off (``=``) was slower than removing only the convo
 (2D 340-381 ms, 3D 1000-1176 ms). The flag changes nothing on a GPU.
 
 A user's own ``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` wins, and
-``MEDJAX_XLA_DEFAULTS=0`` turns all of this off.
+``MEDJAX_XLA_DEFAULTS=0`` (or false/no/off) turns all of this off; another value warns.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import warnings
 from collections.abc import MutableMapping
 
 OPT_OUT = "MEDJAX_XLA_DEFAULTS"
+_ON = ("1", "true", "yes", "on", "")
+_OFF = ("0", "false", "no", "off")
 # (flag, value, oldest and newest jaxlib (major, minor) it is known to). An XLA that does not
 # know a flag or one of its values aborts the process at backend start, so a flag goes only to
 # the jaxlib versions checked: 0.10 measured here; 0.11 (the GPU image's) has the same flag and
@@ -64,7 +66,14 @@ def xla_defaults(environ: MutableMapping[str, str], jaxlib: tuple[int, int] | No
     Returns:
       The flags, in order; empty when ``MEDJAX_XLA_DEFAULTS=0`` or all are set by the user.
     """
-    if environ.get(OPT_OUT, "1").strip() == "0" or jaxlib is None:
+    setting = environ.get(OPT_OUT, "1").strip().lower()
+    if setting not in _ON + _OFF:
+        warnings.warn(
+            f"{OPT_OUT}={environ[OPT_OUT]!r} is not one of {_ON + _OFF}; medjax applies its "
+            f"XLA defaults (set {OPT_OUT}=0 to turn them off).",
+            stacklevel=2,
+        )
+    if setting in _OFF or jaxlib is None:
         return []
     current = environ.get("XLA_FLAGS", "")
     return [

@@ -30,6 +30,12 @@ def test_user_setting_wins_and_opt_out():
     assert xla_env.xla_defaults(mine, (0, 10)) == []
     assert xla_env.xla_defaults({"MEDJAX_XLA_DEFAULTS": "0"}, (0, 10)) == []
     assert xla_env.xla_defaults({"MEDJAX_XLA_DEFAULTS": "1"}, (0, 10)) == [FLAG]
+    assert xla_env.xla_defaults({"MEDJAX_XLA_DEFAULTS": "off"}, (0, 10)) == []
+
+
+def test_unknown_opt_out_value_warns_naming_the_variable():
+    with pytest.warns(UserWarning, match="MEDJAX_XLA_DEFAULTS='maybe' is not one of"):
+        assert xla_env.xla_defaults({"MEDJAX_XLA_DEFAULTS": "maybe"}, (0, 10)) == [FLAG]
 
 
 def test_apply_appends_and_keeps_existing_flags(monkeypatch):
