@@ -146,7 +146,10 @@ def test_two_processes_train_like_one_and_resume_after_both_are_killed(reference
     with open(os.path.join(workdir, "eval", ref_eval, "metrics.json")) as f:
         metrics = json.load(f)
     for k, v in ref_metrics.items():
-        assert metrics[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+        if isinstance(v, str):  # "split": pytest 9.2 refuses approx() of a string
+            assert metrics[k] == v, k
+        else:
+            assert metrics[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
     # Progress and summaries come from process 0 only.
     assert "training finished" in errs[0] and "training finished" not in errs[1]
     assert "epoch 1/" not in errs[1] and "resuming" not in errs[1]
