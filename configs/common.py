@@ -61,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.luna.epoch_length = 0  # cutouts per training epoch; 0: the training split's size
     c.data.luna.fold = -1  # >= 0: LUNA16's 10-fold split by subset; -1: data.val_fraction by series
     c.data.luna.n_bootstrap = 0  # FROC bootstrap resamples over scans for the CI
+    # FROC counts at most this many marks per scan, as the official evaluation
+    # (maxNumberOfCADMarks=100: only marks strictly above the 101st highest probability); 0: all.
+    c.data.luna.froc_max_marks = 100
     # task=classification: whole images of a classification_folder, one class each.
     c.data.classification = ml_collections.ConfigDict()
     c.data.classification.ratio = ()  # class ratio per training epoch, e.g. (1, 1); (): as found
