@@ -146,7 +146,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Also <case>.seg.dcm (DICOM SEG referencing the series) for DICOM cases; needs highdicom.
     c.eval.write_dicom_seg = True
     c.eval.step_fraction = 0.5  # sliding-window overlap for volumes larger than the patch
-    c.eval.mirror_axes = ()
+    c.eval.mirror_axes = ()  # mirroring TTA (logits averaged over the flips), on every eval path
+    # HD95/ASSD surface: "face" (a voxel is surface if a face neighbour, 6 in 3D / 4 in 2D, is
+    # background: MONAI's and medpy's convention) or "full" (26 / 8 neighbours, reads lower).
+    c.eval.surface_connectivity = "face"
     # Where sliding-window predictions are blended: "auto" (on the device when the volume and
     # accumulators fit a quarter of its memory, else on the host), "device" or "host".
     c.eval.blend = "auto"

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from medjax.augment import compose as augment_lib
+from medjax.evaluate import sliding_window
 from medjax.metrics import confusion
 from medjax.train import optim
 from medjax.train import state as state_lib
@@ -140,16 +141,20 @@ def make_train_step(
 
 
 def make_eval_step(
-    loss_fn: LossFn, *, precision: str = "float32"
+    loss_fn: LossFn, *, precision: str = "float32", mirror_axes: tuple[int, ...] = ()
 ) -> Callable[[state_lib.TrainState, Batch], dict[str, jax.Array]]:
     """Builds ``eval_step(state, batch) -> outputs`` for whole-image evaluation.
 
     Returns per-example ``loss [B]``, confusion counts ``tp/fp/fn/tn [B, K']`` (padding rows
     zeroed by ``batch["valid"]``) and the predicted label map ``pred int32[B, *spatial]``.
+    ``mirror_axes`` (``eval.mirror_axes``): mirroring TTA, logits averaged over the flips as on
+    the sliding-window path (``sliding_window.mirror_logits``).
     """
 
     def eval_step(state: state_lib.TrainState, batch: Batch) -> dict[str, jax.Array]:
-        logits = predict_logits(state, batch["image"], precision=precision)
+        logits = sliding_window.mirror_logits(
+            lambda x: predict_logits(state, x, precision=precision), batch["image"], mirror_axes
+        )
         valid = batch["valid"]
         out = confusion.per_example_counts(logits, batch["label"], valid=valid)
         out["loss"] = jnp.where(valid, loss_fn(logits, batch["label"]), 0.0)
