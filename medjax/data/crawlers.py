@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from medjax import errors, registry
+from medjax.data import case_ids
 from medjax.data import io as io_lib
 
 Case = dict[str, Any]
@@ -65,6 +66,8 @@ def _image_files(folder: str, extensions: Sequence[str]) -> list[str]:
 
 
 def _check_unique(cases: list[Case], root: str, hint: str) -> list[Case]:
+    # Ids name files downstream: made safe here (the original stays as "source_id").
+    cases = case_ids.sanitise_cases(cases)
     seen: dict[str, Any] = {}
     for case in cases:
         if case["id"] in seen:
