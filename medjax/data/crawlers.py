@@ -3,13 +3,19 @@
 A crawler is registered as ``"crawlers.<name>"``; its factory ``get_<name>(**params)`` returns
 ``crawl(root: str) -> list[dict]``. Each case is a dict of plain values::
 
-    {"id": str, "image": str | list[str], "label": str | int | None, "split": str, ...}
+    {"id": str, "image": str | list[str], "label": str | None, "split": str, ...}
 
 ``image`` is a path (a list of per-channel paths for multi-channel cases); ``label`` is a mask
-path for segmentation (``None`` when the case has no mask) or a class index for classification.
-``split`` is present only when the folder layout names one. Ids are unique within one crawl and
-cases come sorted by (split, id), so a crawl is deterministic. Crawlers only look at names: they
-never open an image (that is the reader's job, at preprocessing time).
+path (``None`` when the case has no mask); a classification case has ``label=None`` and its
+class in ``class_index`` (int) instead. ``split`` is present only when the folder layout names
+one. Ids are safe file names (``case_ids.safe_case_id``; the data's id is kept as ``source_id``
+when it had to change), unique within one crawl, and cases come sorted by (split, id), so a
+crawl is deterministic. Crawlers only look at names: they never open an image (that is the
+reader's job, at preprocessing time).
+
+A crawl returns a ``CaseList``: a list of cases whose ``skipped_files`` attribute lists the files
+it passed over (``{"file", "reason"}``: not an image, DICOM without pixels such as RTSTRUCT or
+SR), which the store writes to ``report.json``.
 """
 
 from __future__ import annotations
@@ -184,7 +190,8 @@ def get_classification_folder(
 
     Returns:
       ``crawl(root) -> list[case]`` with ``id`` (``"<class>_<stem>"``), ``image``, ``label``
-      (int), ``class_name``, ``class_names`` (the full list) and ``split`` (split layout only).
+      (None: no mask), ``class_index`` (int), ``class_name``, ``class_names`` (the full list)
+      and ``split`` (split layout only).
     """
 
     def crawl(root: str) -> list[Case]:
@@ -213,7 +220,8 @@ def get_classification_folder(
             case: Case = {
                 "id": f"{cls}_{io_lib.strip_extension(path)}",
                 "image": path,
-                "label": names.index(cls),
+                "label": None,
+                "class_index": names.index(cls),
                 "class_name": cls,
                 "class_names": names,
             }
