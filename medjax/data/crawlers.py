@@ -31,7 +31,7 @@ from medjax.data import case_ids
 from medjax.data import io as io_lib
 
 Case = dict[str, Any]
-Crawl = Callable[[str], list[Case]]
+Crawl = Callable[[str], list[Case]]  # returns a CaseList
 
 SPLITS = ("train", "val", "test")
 # Every extension read_volume reads, except DICOM (handled by the dicom_series crawler).
@@ -59,19 +59,41 @@ def _check_root(root: str) -> str:
     return root
 
 
-def _image_files(folder: str, extensions: Sequence[str]) -> list[str]:
-    """Sorted image files of ``folder`` (not recursive), skipping hidden and macOS ``._`` files."""
+class CaseList(list):
+    """A crawl's cases (a plain list of case dicts) and the files it passed over.
+
+    Attributes:
+      skipped_files: ``[{"file": path, "reason": why}]``, for the store's ``report.json``.
+    """
+
+    def __init__(self, cases: Sequence[Case] = (), skipped_files: Sequence[dict] = ()):
+        super().__init__(cases)
+        self.skipped_files = list(skipped_files)
+
+
+def _image_files(
+    folder: str, extensions: Sequence[str], skipped: list[dict] | None = None
+) -> list[str]:
+    """Sorted image files of ``folder`` (not recursive), skipping hidden and macOS ``._`` files.
+
+    Other files (a README, notes, a spreadsheet) are appended to ``skipped`` with the reason.
+    """
     lower_ext = tuple(e.lower() for e in extensions)
-    return sorted(
-        os.path.join(folder, name)
-        for name in os.listdir(folder)
-        if not name.startswith(".")
-        and name.lower().endswith(lower_ext)
-        and os.path.isfile(os.path.join(folder, name))
-    )
+    found = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(".") or not os.path.isfile(path):
+            continue
+        if name.lower().endswith(lower_ext):
+            found.append(path)
+        elif skipped is not None:
+            skipped.append({"file": path, "reason": f"not an image file ({', '.join(lower_ext)})"})
+    return found
 
 
-def _check_unique(cases: list[Case], root: str, hint: str) -> list[Case]:
+def _check_unique(
+    cases: list[Case], root: str, hint: str, skipped_files: Sequence[dict] = ()
+) -> CaseList:
     # Ids name files downstream: made safe here (the original stays as "source_id").
     cases = case_ids.sanitise_cases(cases)
     seen: dict[str, Any] = {}
@@ -82,7 +104,8 @@ def _check_unique(cases: list[Case], root: str, hint: str) -> list[Case]:
                 f"{case['image']}); {hint}"
             )
         seen[case["id"]] = case["image"]
-    return sorted(cases, key=lambda c: (c.get("split", ""), c["id"]))
+    ordered = sorted(cases, key=lambda c: (c.get("split", ""), c["id"]))
+    return CaseList(ordered, sorted(skipped_files, key=lambda f: f["file"]))
 
 
 # --- segmentation_file -------------------------------------------------------------------------
@@ -121,16 +144,18 @@ def get_segmentation_file(
       or None) and ``split`` (split layout only).
     """
 
-    def pair(image_folder: str, mask_folder: str, split: str | None) -> list[Case]:
+    def pair(
+        image_folder: str, mask_folder: str, split: str | None, skipped: list[dict]
+    ) -> list[Case]:
         masks: dict[str, str] = {}
         if os.path.isdir(mask_folder):
-            for path in _image_files(mask_folder, extensions):
+            for path in _image_files(mask_folder, extensions, skipped):
                 stem = io_lib.strip_extension(path)
                 if stem in masks:
                     raise errors.DataError(f"{path}: two masks share the stem {stem!r}.")
                 masks[stem] = path
         cases = []
-        for image in _image_files(image_folder, extensions):
+        for image in _image_files(image_folder, extensions, skipped):
             stem = io_lib.strip_extension(image)
             label = next((masks[stem + s] for s in mask_suffixes if stem + s in masks), None)
             if label is None and not allow_unlabeled:
@@ -149,13 +174,16 @@ def get_segmentation_file(
     def crawl(root: str) -> list[Case]:
         root = _check_root(root)
         split_roots = [s for s in splits if os.path.isdir(os.path.join(root, s, image_dir))]
+        skipped: list[dict] = []
         if split_roots:
             cases = []
             for split in split_roots:
                 base = os.path.join(root, split)
-                cases += pair(os.path.join(base, image_dir), os.path.join(base, mask_dir), split)
+                images, masks = os.path.join(base, image_dir), os.path.join(base, mask_dir)
+                cases += pair(images, masks, split, skipped)
         elif os.path.isdir(os.path.join(root, image_dir)):
-            cases = pair(os.path.join(root, image_dir), os.path.join(root, mask_dir), None)
+            images, masks = os.path.join(root, image_dir), os.path.join(root, mask_dir)
+            cases = pair(images, masks, None, skipped)
         else:
             raise errors.DataError(
                 f"{root}: found neither {root}/<split>/{image_dir} (splits {list(splits)}) nor "
@@ -163,7 +191,7 @@ def get_segmentation_file(
             )
         if not cases:
             raise errors.DataError(f"{root}: no image files with extensions {list(extensions)}.")
-        return _check_unique(cases, root, "set id_with_split=True or rename the files.")
+        return _check_unique(cases, root, "set id_with_split=True or rename the files.", skipped)
 
     return crawl
 
@@ -206,12 +234,13 @@ def get_classification_folder(
         else:
             parts = [(None, root)]
         found: list[tuple[str | None, str, str]] = []  # (split, class, file)
+        skipped: list[dict] = []
         for split, base in parts:
             for cls in sorted(os.listdir(base)):
                 folder = os.path.join(base, cls)
                 if cls.startswith(".") or not os.path.isdir(folder):
                     continue
-                found += [(split, cls, f) for f in _image_files(folder, extensions)]
+                found += [(split, cls, f) for f in _image_files(folder, extensions, skipped)]
         names = list(class_names) if class_names else sorted({c for _, c, _ in found})
         cases = []
         for split, cls, path in found:
@@ -230,7 +259,7 @@ def get_classification_folder(
             cases.append(case)
         if not cases:
             raise errors.DataError(f"{root}: no <class>/<image> files found.")
-        return _check_unique(cases, root, "file stems must be unique within a class.")
+        return _check_unique(cases, root, "file stems must be unique within a class.", skipped)
 
     return crawl
 
@@ -315,6 +344,7 @@ def get_nifti_volume(
         info = _dataset_json(root)
         meta = meta_of(info)
         cases: list[Case] = []
+        skipped: list[dict] = []
         if isinstance(info.get("training"), list) and info["training"]:
             # A "validation" list (same entry form) becomes the "val" split.
             listed = [("train", e) for e in info["training"]]
@@ -334,12 +364,13 @@ def get_nifti_volume(
             labels = (
                 {
                     io_lib.strip_extension(p): p
-                    for p in _image_files(os.path.join(root, labels_dir), extensions)
+                    for p in _image_files(os.path.join(root, labels_dir), extensions, skipped)
                 }
                 if os.path.isdir(os.path.join(root, labels_dir))
                 else {}
             )
-            for cid, channels in sorted(_group_channels(_image_files(folder, extensions)).items()):
+            files = _image_files(folder, extensions, skipped)
+            for cid, channels in sorted(_group_channels(files).items()):
                 if cid not in labels:
                     raise errors.DataError(
                         f"{channels[0]}: no label {cid}<ext> in {os.path.join(root, labels_dir)}."
@@ -348,29 +379,27 @@ def get_nifti_volume(
                 cases.append({"id": cid, "image": image, "label": labels[cid], "split": "train"})
         test_folder = os.path.join(root, test_dir) if test_dir else None
         if test_folder and os.path.isdir(test_folder):
-            for cid, channels in sorted(
-                _group_channels(_image_files(test_folder, extensions)).items()
-            ):
+            # Test labels, when a dataset ships them, sit in labelsTs/<id><ext>.
+            test_labels_dir = os.path.join(root, "labelsTs")
+            test_labels = (
+                {
+                    io_lib.strip_extension(p): p
+                    for p in _image_files(test_labels_dir, extensions, skipped)
+                }
+                if os.path.isdir(test_labels_dir)
+                else {}
+            )
+            test_files = _image_files(test_folder, extensions, skipped)
+            for cid, channels in sorted(_group_channels(test_files).items()):
                 image = channels if len(channels) > 1 else channels[0]
-                # Test labels, when a dataset ships them, sit in labelsTs/<id><ext>.
-                label = (
-                    next(
-                        (
-                            p
-                            for p in _image_files(os.path.join(root, "labelsTs"), extensions)
-                            if io_lib.strip_extension(p) == cid
-                        ),
-                        None,
-                    )
-                    if os.path.isdir(os.path.join(root, "labelsTs"))
-                    else None
-                )
+                label = test_labels.get(cid)
                 cases.append({"id": cid, "image": image, "label": label, "split": "test"})
         if not cases:
             raise errors.DataError(f"{root}: no cases found.")
         for case in cases:
             case.update(meta)
-        return _check_unique(cases, root, "case ids must be unique across imagesTr and imagesTs.")
+        hint = "case ids must be unique across imagesTr and imagesTs."
+        return _check_unique(cases, root, hint, skipped)
 
     return crawl
 
@@ -407,7 +436,10 @@ def get_dicom_series(
         # Imported here: the DICOM module is optional for users of the other crawlers.
         from medjax.data.io import dicom
 
-        series = dicom.find_series(root)
+        scan = dicom.scan_series(root)
+        series = scan.series
+        # README files, RTSTRUCT / SR objects (DICOM without pixels), corrupt files.
+        skipped = [{"file": f, "reason": r} for f, r in scan.skipped.items()]
         masks: dict[str, str] = {}
         if mask_root is not None:
             if not os.path.isdir(mask_root):
@@ -430,6 +462,6 @@ def get_dicom_series(
             )
         if not cases:
             raise errors.DataError(f"{root}: no DICOM series found.")
-        return _check_unique(cases, root, "series uids must be unique.")
+        return _check_unique(cases, root, "series uids must be unique.", skipped)
 
     return crawl
