@@ -27,10 +27,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from medjax import errors, registry
-from medjax.data import case_ids
 from medjax.data import io as io_lib
 
-Case = dict[str, Any]
+# CaseList re-exported: what a crawl returns.
+from medjax.data.crawl_files import (  # noqa: F401
+    Case,
+    CaseList,
+    check_root,
+    check_unique,
+    image_files,
+)
+
 Crawl = Callable[[str], list[Case]]  # returns a CaseList
 
 SPLITS = ("train", "val", "test")
@@ -50,62 +57,6 @@ IMAGE_EXTENSIONS = (
     ".nhdr",
 )
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-def _check_root(root: str) -> str:
-    root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise errors.DataError(f"{root}: dataset root does not exist or is not a folder.")
-    return root
-
-
-class CaseList(list):
-    """A crawl's cases (a plain list of case dicts) and the files it passed over.
-
-    Attributes:
-      skipped_files: ``[{"file": path, "reason": why}]``, for the store's ``report.json``.
-    """
-
-    def __init__(self, cases: Sequence[Case] = (), skipped_files: Sequence[dict] = ()):
-        super().__init__(cases)
-        self.skipped_files = list(skipped_files)
-
-
-def _image_files(
-    folder: str, extensions: Sequence[str], skipped: list[dict] | None = None
-) -> list[str]:
-    """Sorted image files of ``folder`` (not recursive), skipping hidden and macOS ``._`` files.
-
-    Other files (a README, notes, a spreadsheet) are appended to ``skipped`` with the reason.
-    """
-    lower_ext = tuple(e.lower() for e in extensions)
-    found = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if name.startswith(".") or not os.path.isfile(path):
-            continue
-        if name.lower().endswith(lower_ext):
-            found.append(path)
-        elif skipped is not None:
-            skipped.append({"file": path, "reason": f"not an image file ({', '.join(lower_ext)})"})
-    return found
-
-
-def _check_unique(
-    cases: list[Case], root: str, hint: str, skipped_files: Sequence[dict] = ()
-) -> CaseList:
-    # Ids name files downstream: made safe here (the original stays as "source_id").
-    cases = case_ids.sanitise_cases(cases)
-    seen: dict[str, Any] = {}
-    for case in cases:
-        if case["id"] in seen:
-            raise errors.DataError(
-                f"{root}: case id {case['id']!r} occurs twice ({seen[case['id']]} and "
-                f"{case['image']}); {hint}"
-            )
-        seen[case["id"]] = case["image"]
-    ordered = sorted(cases, key=lambda c: (c.get("split", ""), c["id"]))
-    return CaseList(ordered, sorted(skipped_files, key=lambda f: f["file"]))
 
 
 # --- segmentation_file -------------------------------------------------------------------------
@@ -149,13 +100,13 @@ def get_segmentation_file(
     ) -> list[Case]:
         masks: dict[str, str] = {}
         if os.path.isdir(mask_folder):
-            for path in _image_files(mask_folder, extensions, skipped):
+            for path in image_files(mask_folder, extensions, skipped):
                 stem = io_lib.strip_extension(path)
                 if stem in masks:
                     raise errors.DataError(f"{path}: two masks share the stem {stem!r}.")
                 masks[stem] = path
         cases = []
-        for image in _image_files(image_folder, extensions, skipped):
+        for image in image_files(image_folder, extensions, skipped):
             stem = io_lib.strip_extension(image)
             label = next((masks[stem + s] for s in mask_suffixes if stem + s in masks), None)
             if label is None and not allow_unlabeled:
@@ -172,7 +123,7 @@ def get_segmentation_file(
         return cases
 
     def crawl(root: str) -> list[Case]:
-        root = _check_root(root)
+        root = check_root(root)
         split_roots = [s for s in splits if os.path.isdir(os.path.join(root, s, image_dir))]
         skipped: list[dict] = []
         if split_roots:
@@ -191,7 +142,7 @@ def get_segmentation_file(
             )
         if not cases:
             raise errors.DataError(f"{root}: no image files with extensions {list(extensions)}.")
-        return _check_unique(cases, root, "set id_with_split=True or rename the files.", skipped)
+        return check_unique(cases, root, "set id_with_split=True or rename the files.", skipped)
 
     return crawl
 
@@ -223,7 +174,7 @@ def get_classification_folder(
     """
 
     def crawl(root: str) -> list[Case]:
-        root = _check_root(root)
+        root = check_root(root)
         subdirs = sorted(
             d
             for d in os.listdir(root)
@@ -240,7 +191,7 @@ def get_classification_folder(
                 folder = os.path.join(base, cls)
                 if cls.startswith(".") or not os.path.isdir(folder):
                     continue
-                found += [(split, cls, f) for f in _image_files(folder, extensions, skipped)]
+                found += [(split, cls, f) for f in image_files(folder, extensions, skipped)]
         names = list(class_names) if class_names else sorted({c for _, c, _ in found})
         cases = []
         for split, cls, path in found:
@@ -259,7 +210,7 @@ def get_classification_folder(
             cases.append(case)
         if not cases:
             raise errors.DataError(f"{root}: no <class>/<image> files found.")
-        return _check_unique(cases, root, "file stems must be unique within a class.", skipped)
+        return check_unique(cases, root, "file stems must be unique within a class.", skipped)
 
     return crawl
 
@@ -340,7 +291,7 @@ def get_nifti_volume(
         return meta
 
     def crawl(root: str) -> list[Case]:
-        root = _check_root(root)
+        root = check_root(root)
         info = _dataset_json(root)
         meta = meta_of(info)
         cases: list[Case] = []
@@ -364,12 +315,12 @@ def get_nifti_volume(
             labels = (
                 {
                     io_lib.strip_extension(p): p
-                    for p in _image_files(os.path.join(root, labels_dir), extensions, skipped)
+                    for p in image_files(os.path.join(root, labels_dir), extensions, skipped)
                 }
                 if os.path.isdir(os.path.join(root, labels_dir))
                 else {}
             )
-            files = _image_files(folder, extensions, skipped)
+            files = image_files(folder, extensions, skipped)
             for cid, channels in sorted(_group_channels(files).items()):
                 if cid not in labels:
                     raise errors.DataError(
@@ -384,12 +335,12 @@ def get_nifti_volume(
             test_labels = (
                 {
                     io_lib.strip_extension(p): p
-                    for p in _image_files(test_labels_dir, extensions, skipped)
+                    for p in image_files(test_labels_dir, extensions, skipped)
                 }
                 if os.path.isdir(test_labels_dir)
                 else {}
             )
-            test_files = _image_files(test_folder, extensions, skipped)
+            test_files = image_files(test_folder, extensions, skipped)
             for cid, channels in sorted(_group_channels(test_files).items()):
                 image = channels if len(channels) > 1 else channels[0]
                 label = test_labels.get(cid)
@@ -399,7 +350,7 @@ def get_nifti_volume(
         for case in cases:
             case.update(meta)
         hint = "case ids must be unique across imagesTr and imagesTs."
-        return _check_unique(cases, root, hint, skipped)
+        return check_unique(cases, root, hint, skipped)
 
     return crawl
 
@@ -432,7 +383,7 @@ def get_dicom_series(
     """
 
     def crawl(root: str) -> list[Case]:
-        root = _check_root(root)
+        root = check_root(root)
         # Imported here: the DICOM module is optional for users of the other crawlers.
         from medjax.data.io import dicom
 
@@ -444,7 +395,7 @@ def get_dicom_series(
         if mask_root is not None:
             if not os.path.isdir(mask_root):
                 raise errors.DataError(f"{mask_root}: mask folder does not exist.")
-            masks = {io_lib.strip_extension(p): p for p in _image_files(mask_root, mask_extensions)}
+            masks = {io_lib.strip_extension(p): p for p in image_files(mask_root, mask_extensions)}
         cases = []
         for uid, files in sorted(series.items()):
             files = sorted(os.fspath(f) for f in files)
@@ -462,6 +413,6 @@ def get_dicom_series(
             )
         if not cases:
             raise errors.DataError(f"{root}: no DICOM series found.")
-        return _check_unique(cases, root, "series uids must be unique.", skipped)
+        return check_unique(cases, root, "series uids must be unique.", skipped)
 
     return crawl
