@@ -52,6 +52,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prefetch_batches = 0
     c.data.preprocess_workers = 2
     c.data.val_fraction = 0.2  # used when the crawler gives no split
+    # Held out as the test split when the dataset has none (cases without split folders, or
+    # Decathlon's imagesTr alone): never the validation cases reused as "test". Cases keep their
+    # split as others are added (a hash of the id); the store's report.json lists each split.
+    c.data.test_fraction = 0.2
+    c.data.split_seed = 0  # seed of that hash (0: the id alone); another value re-draws splits
     # LUNA16 (task=luna): cutouts around candidates, balanced sampling, FROC.
     c.data.luna = ml_collections.ConfigDict()
     c.data.luna.synthetic_kwargs = ml_collections.ConfigDict()
