@@ -41,6 +41,7 @@ def ensure_dataset(name: str, **kwargs: Any) -> str:
       **kwargs: generator options; different options give a different folder.
     """
     generate = registry.get(f"synthetic.{name}")
+    registry.check_kwargs("synthetic", name, kwargs, positional=1)  # generate(root, **kwargs)
     tag = hashlib.sha1(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()[:8]
     root = os.path.join(cache_dir(), "datasets", f"{name}-v{GENERATOR_VERSION}-{tag}")
     if os.path.exists(os.path.join(root, ".complete")):
