@@ -22,7 +22,10 @@ flags.DEFINE_string(
     "workdir", None, "Run folder (checkpoints, logs). Default: a new folder under runs/."
 )
 flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "preprocess", "tune"], "What to do (tune: a sweep)."
+    "mode",
+    "train",
+    ["train", "eval", "preprocess", "tune", "predict"],
+    "What to do (tune: a sweep; predict: a trained --workdir on new data, --config optional).",
 )
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
@@ -107,6 +110,12 @@ def main(argv: list[str]) -> None:
             task = distributed.primary_first(lambda: make_task(config), "medjax-preprocess")
             if distributed.is_main():
                 print(task.describe())
+        elif FLAGS.mode == "predict":
+            from medjax.predict import runner
+
+            if FLAGS.workdir is None:
+                raise errors.ConfigError("--mode=predict needs --workdir=<trained run>.")
+            runner.predict(config, FLAGS.workdir)
         elif FLAGS.mode == "train":
             loop.train_and_evaluate(config, workdir)
             loop.evaluate(config, workdir)
@@ -118,5 +127,16 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def _with_run_config(argv: list[str]) -> list[str]:
+    """``--mode=predict`` without ``--config``: the run's own config (medjax/predict/run_config.py
+    reads ``<workdir>/config.json``), so ``--config.predict.*`` overrides still apply."""
+    from medjax.predict import run_config
+
+    if "--mode=predict" not in argv or any(a.startswith("--config=") for a in argv):
+        return argv
+    workdir = next((a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")), "")
+    return [argv[0], f"--config={run_config.__file__}:{workdir}", *argv[1:]]
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=_with_run_config(sys.argv))
