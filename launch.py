@@ -24,8 +24,9 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "preprocess", "tune", "predict"],
-    "What to do (tune: a sweep; predict: a trained --workdir on new data, --config optional).",
+    ["train", "eval", "preprocess", "tune", "predict", "export"],
+    "What to do (tune: a sweep; predict: a trained --workdir on new data; export: a bundle of "
+    "it; --config optional for predict/export).",
 )
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
@@ -114,8 +115,15 @@ def main(argv: list[str]) -> None:
             from medjax.predict import runner
 
             if FLAGS.workdir is None:
-                raise errors.ConfigError("--mode=predict needs --workdir=<trained run>.")
+                raise errors.ConfigError("--mode=predict needs --workdir=<trained run or bundle>.")
             runner.predict(config, FLAGS.workdir)
+        elif FLAGS.mode == "export":
+            from medjax.predict import bundle
+
+            if FLAGS.workdir is None:
+                raise errors.ConfigError("--mode=export needs --workdir=<trained run>.")
+            out = config.predict.bundle or os.path.join(FLAGS.workdir or "", "bundle")
+            print(bundle.export_bundle(FLAGS.workdir, out, checkpoint=config.predict.checkpoint))
         elif FLAGS.mode == "train":
             loop.train_and_evaluate(config, workdir)
             loop.evaluate(config, workdir)
@@ -132,7 +140,8 @@ def _with_run_config(argv: list[str]) -> list[str]:
     reads ``<workdir>/config.json``), so ``--config.predict.*`` overrides still apply."""
     from medjax.predict import run_config
 
-    if "--mode=predict" not in argv or any(a.startswith("--config=") for a in argv):
+    modes = ("--mode=predict", "--mode=export")
+    if not any(m in argv for m in modes) or any(a.startswith("--config=") for a in argv):
         return argv
     workdir = next((a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")), "")
     return [argv[0], f"--config={run_config.__file__}:{workdir}", *argv[1:]]

@@ -179,6 +179,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.predict.postprocess.keep_largest = ()
     c.predict.postprocess.min_size_voxels = 0
     c.predict.postprocess.min_size_ml = 0.0
+    # --mode=export: the bundle folder (medjax/predict/bundle.py); empty: <workdir>/bundle.
+    c.predict.bundle = ""
 
     # Hyperparameter sweeps (--mode=tune, Ray Tune; medjax/train/tune.py). Each param is
     # "config.key=dist(args)", dist one of choice / uniform / loguniform / grid, e.g.

@@ -49,11 +49,25 @@ def check_output(output: str, overwrite: bool) -> str:
     return output
 
 
+def default_options() -> ml_collections.ConfigDict:
+    """The ``predict`` section of the base config (its defaults), unlocked."""
+    from configs import common
+
+    return ml_collections.ConfigDict(common.base_config().predict.to_dict())
+
+
 def load_members(workdir: str, pcfg: ml_collections.ConfigDict) -> list[model_lib.Member]:
-    """The run at ``workdir`` plus ``predict.ensemble``'s runs, checked to agree."""
+    """The run (or bundle) at ``workdir`` plus ``predict.ensemble``'s, checked to agree."""
+    from medjax.predict import bundle
+
     dirs = [os.path.abspath(os.path.expanduser(d)) for d in (workdir, *pcfg.get("ensemble", ()))]
     dirs = list(dict.fromkeys(d for d in dirs if d))
-    members = [model_lib.load_member(d, pcfg.get("checkpoint", "best")) for d in dirs]
+    members = [
+        bundle.load_bundle(d)
+        if bundle.is_bundle(d)
+        else model_lib.load_member(d, pcfg.get("checkpoint", "best"))
+        for d in dirs
+    ]
     model_lib.check_ensemble(members)
     return members
 

@@ -167,3 +167,21 @@ def test_dicom_seg_frames_reference_the_right_slices(run3d, tmp_path):
             atol=1e-3,
         )
         np.testing.assert_array_equal(pix, labels[ordered_uids.index(uid)])
+
+
+def test_bundle_predicts_what_the_workdir_predicts(run3d, predicted, tmp_path):
+    import json
+
+    from medjax.predict import bundle
+
+    path = bundle.export_bundle(run3d["workdir"], str(tmp_path / "bundle"))
+    with open(os.path.join(path, "metadata.json")) as f:
+        meta = json.load(f)
+    assert "cpu" in meta["platforms"] and meta["jax_version"]
+    assert meta["config"]["model"]["name"] == "unet"
+    loaded = bundle.load_bundle(path)
+    name = os.path.basename(predicted["ts"][0])
+    result = loaded.predict_volume(predicted["ts"][0])
+    workdir_mask = medjax.read_volume(str(predicted["out"] / name))
+    np.testing.assert_array_equal(result.labels.array, workdir_mask.array)
+    np.testing.assert_allclose(result.labels.affine, workdir_mask.affine, atol=1e-5)
