@@ -136,7 +136,11 @@ class _Progress:
 
     def update(self, case_id: str) -> None:
         self.done += 1
-        elapsed = time.time() - self.start
+        now = time.time()
+        if self.done < self.total and now - getattr(self, "_last", 0.0) < 0.5:
+            return  # at most two lines a second
+        self._last = now
+        elapsed = now - self.start
         per_case = elapsed / self.done
         eta = per_case * (self.total - self.done)
         end = "\n" if self.done == self.total else ""

@@ -138,3 +138,33 @@ def test_plan_of_an_older_run_is_rebuilt_from_its_store(runs, tmp_path):
     (old / "config.json").write_text(json.dumps(config))
     with pytest.raises(errors.DataError, match="is gone"):
         plan_lib.load_plan(str(old))
+
+
+def test_console_command_predicts_with_the_runs_own_config(runs, tmp_path):
+    """``python -m medjax.cli predict`` (what the installed ``medjax`` runs), no --config."""
+    import subprocess
+    import sys
+
+    image = runs["test_images"][1]
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medjax.cli",
+            "predict",
+            f"--workdir={runs[0]}",
+            f"--config.predict.input={image}",
+            f"--config.predict.output={tmp_path / 'cli'}",
+        ],
+        cwd=repo,
+        env=dict(os.environ),  # the same 8 CPU devices and caches as this process
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    name = os.path.basename(image)
+    ours = np.asarray(Image.open(tmp_path / "cli" / name))
+    theirs = np.asarray(Image.open(os.path.join(runs["eval"]["dir"], "predictions", name)))
+    np.testing.assert_array_equal(ours, theirs)
