@@ -170,6 +170,29 @@ def base_config() -> ml_collections.ConfigDict:
     c.log.images_every = 1  # epochs
     c.log.num_images = 4
 
+    # --mode=predict: a trained run (--workdir) on new, unlabelled data (medjax/predict/).
+    # Preprocessing always follows the run's recorded plan (<workdir>/plan.json).
+    c.predict = ml_collections.ConfigDict()
+    c.predict.input = ""  # a file or folder: PNG/TIFF, NIfTI, MHA/MHD, NRRD, DICOM series
+    c.predict.output = ""  # a new or empty folder (see overwrite)
+    c.predict.checkpoint = "best"  # "best", "last" or a step number, e.g. "1200"
+    # Mirror test-time augmentation axes (spatial, 0-based), e.g. (0, 1, 2); unset: the run's
+    # eval.mirror_axes (what its validation used).
+    c.predict.tta = ml_collections.config_dict.placeholder(tuple)
+    c.predict.ensemble = ()  # more workdirs: probabilities averaged with --workdir's
+    c.predict.save_probabilities = False  # also <case>_probabilities.* (float32, K channels)
+    c.predict.overwrite = False  # a non-empty output folder is refused unless True
+    c.predict.write_dicom_seg = True  # DICOM input: also <case>.seg.dcm (needs highdicom)
+    # Connected-component clean-up on the original grid: keep_largest lists label values that
+    # keep only their largest component; smaller components than either minimum are removed
+    # (every foreground label).
+    c.predict.postprocess = ml_collections.ConfigDict()
+    c.predict.postprocess.keep_largest = ()
+    c.predict.postprocess.min_size_voxels = 0
+    c.predict.postprocess.min_size_ml = 0.0
+    # --mode=export: the bundle folder (medjax/predict/bundle.py); empty: <workdir>/bundle.
+    c.predict.bundle = ""
+
     # Hyperparameter sweeps (--mode=tune, Ray Tune; medjax/train/tune.py). Each param is
     # "config.key=dist(args)", dist one of choice / uniform / loguniform / grid, e.g.
     # "optim.lr=loguniform(1e-4, 1e-2)". A tuple, so --config.tune.params='("...",)' overrides it.

@@ -253,6 +253,10 @@ def train_and_evaluate(
     if distributed.is_main():
         with open(os.path.join(run.workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=1))
+        # The resolved preprocessing plan travels with the run: --mode=predict reads it.
+        from medjax.predict import plan as plan_lib
+
+        plan_lib.record_plan(run.task, config, run.workdir)
     # -- state: resume > init_from > fresh --
     state = run.fresh_state()
     data_state = None
