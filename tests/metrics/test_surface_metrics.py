@@ -65,7 +65,7 @@ def test_assd_equals_monai_published_values(pred, ref, spacing, expected):
         assert full < 0.8 * expected
 
 
-def test_face_surface_of_a_2d_disc_by_hand():
+def test_face_surface_of_a_2d_rounded_square_by_hand():
     # A 5x5 square with its corners removed: face surface = the 12 pixels with a background
     # face neighbour; full surface also takes the 4 pixels diagonal to a removed corner.
     mask = np.zeros((7, 7), bool)
