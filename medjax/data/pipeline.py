@@ -18,10 +18,10 @@ import grain
 import jax
 import ml_collections
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from medjax import errors, registry
-from medjax.data import case_ids, sources, store, synthetic, transforms
+from medjax.data import case_ids, progress, sources, store, synthetic, transforms
 from medjax.data.luna import sources as luna_sources
 
 _EPOCHS_AHEAD = 1_000_000  # BalancedIndices is "endless": this many epochs
@@ -142,11 +142,9 @@ def prepare_data(config: ml_collections.ConfigDict) -> Data:
         splits.setdefault(entry["split"], []).append(entry)
     if config.data.test_split not in splits:
         # Only when split folders name train and val but no test, or data.test_fraction=0.
-        logging.warning(
-            "%s has no %r split: evaluating it uses the validation cases (set "
-            "data.test_fraction > 0 for a dataset without split folders).",
-            root,
-            config.data.test_split,
+        progress.notice(
+            f"{root} has no {config.data.test_split!r} split: evaluating it uses the validation "
+            "cases (data.test_fraction > 0 holds one out of a dataset without split folders)."
         )
         splits[config.data.test_split] = splits.get(config.data.val_split, [])
     return Data(store_dir=store_dir, root=root, splits=splits)

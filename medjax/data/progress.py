@@ -1,4 +1,4 @@
-"""The command line's one-line progress display for long data passes (stderr).
+"""What the command line shows of long data passes: a progress line and summary notices.
 
 The one place in the data library that prints: a display for a person watching a terminal, not
 a log record (library code logs with absl).
@@ -34,3 +34,9 @@ class Progress:
             file=sys.stderr,
             flush=True,
         )
+
+
+def notice(text: str) -> None:
+    """One ``medjax: <text>`` line on stderr: a summary the person at the terminal must see
+    (bad cases skipped, preprocessing chosen from the fingerprint), whatever the log level."""
+    print(f"medjax: {text}", file=sys.stderr, flush=True)

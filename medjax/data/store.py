@@ -39,7 +39,7 @@ import numpy as np
 from absl import logging
 
 from medjax import errors
-from medjax.data import case_files, case_ids, parallel
+from medjax.data import case_files, case_ids, parallel, progress
 
 # Re-exported: callers name them store.spec_hash, store.load_fingerprint, ...
 from medjax.data.case_files import source_signature, spec_hash  # noqa: F401
@@ -231,11 +231,11 @@ def build_store(
             if auto:
                 spec = json.loads(json.dumps(fp_lib.resolve_auto(requested, fp)))
                 chosen = {k: spec[k] for k in auto}
-                logging.info(
-                    "From the fingerprint of %d training case(s): %s",
-                    fp["num_cases"],
-                    json.dumps(chosen, sort_keys=True),
+                text = f"from the fingerprint of {fp['num_cases']} training case(s): " + json.dumps(
+                    chosen, sort_keys=True
                 )
+                logging.info("%s", text)
+                progress.notice(text)
         manifest = _preprocess_cases(cases, store_dir, spec, runner, strict, skipped_files)
     finally:
         runner.close()
@@ -298,12 +298,12 @@ def _preprocess_cases(
         reasons = "; ".join(f"{p['id']}: {p['reason']}" for p in skipped[:5])
         raise errors.DataError(f"No usable case in {store_dir}. First problems: {reasons}")
     if skipped or skipped_files:
-        logging.warning(
-            "Skipped %d bad case(s) and %d non-image file(s); see %s",
-            len(skipped),
-            len(skipped_files),
-            os.path.join(store_dir, "report.json"),
+        text = (
+            f"skipped {len(skipped)} bad case(s) and {len(skipped_files)} other file(s); "
+            f"see {os.path.join(store_dir, 'report.json')}"
         )
+        logging.warning("%s", text)
+        progress.notice(text)
     return {"spec": spec, "spec_hash": spec_id, "cases": ordered, "skipped": skipped}
 
 

@@ -7,6 +7,7 @@ with NaN or Inf voxels fails both as bad input naming its file: the store skips 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,11 +33,12 @@ def load_case(case: Mapping[str, Any]) -> tuple[volume_lib.Volume, volume_lib.Vo
     that they share one grid.
 
     Returns:
-      ``(image, label)``: image ``[*spatial(, C)]``; label ``[*spatial]`` or None. A non-path
-      label (a classification class index) gives None.
+      ``(image, label)``: image ``[*spatial(, C)]``; label ``[*spatial]`` or None (no mask:
+      an unlabelled or a classification case, whose class is ``class_index``).
 
     Raises:
-      DataError: a file cannot be read, or channel files disagree in shape or geometry.
+      DataError: a file cannot be read, channel files disagree in shape or geometry, or the
+        image or mask holds NaN or Inf voxels (the message names the file).
     """
     paths = case["image"] if isinstance(case["image"], list | tuple) else [case["image"]]
     # A DICOM case's folder may hold several series (dicom_series crawler): pick this one.
@@ -57,8 +59,14 @@ def load_case(case: Mapping[str, Any]) -> tuple[volume_lib.Volume, volume_lib.Vo
     for path, vol in zip(paths, volumes, strict=True):
         _check_finite(vol.array, str(path), "image")
     label = case.get("label")
-    if not isinstance(label, str):
+    if label is None:
         return image, None
+    if not isinstance(label, str | os.PathLike):
+        raise errors.DataError(
+            f"Case {case.get('id')!r}: label={label!r} is not a mask path; a crawler gives a "
+            "classification case's class as class_index (int) and label=None."
+        )
+    label = os.fspath(label)
     label_volume = _read_label(label)
     _check_finite(label_volume.array, label, "mask")
     return image, label_volume

@@ -1,14 +1,17 @@
-"""NaN/Inf voxels in an image or mask: the case is skipped as bad input naming its file, kept
-out of the fingerprint, listed in report.json; the rest of the store builds."""
+"""preprocess.load: NaN/Inf voxels in an image or mask make the case bad input naming its file
+(kept out of the fingerprint, listed in report.json, the rest of the store builds); a class
+index is not a label path."""
 
 import json
 import os
 
 import nibabel as nib
 import numpy as np
+import pytest
 
-from medjax import registry
+from medjax import errors, registry
 from medjax.data import store
+from medjax.data.preprocess import load
 
 SPEC = {"grayscale": False, "normalization": {"name": "zscore"}, "label_mode": "binary"}
 
@@ -55,3 +58,11 @@ def test_nonfinite_voxels_skip_the_case_with_its_file_named(tmp_path):
     assert np.isclose(fp["foreground_intensity"][0]["mean"], fg.mean(), rtol=1e-6)
     stored = np.load(os.path.join(store.case_dir(out, "a_good"), "image.npy"))
     assert np.isfinite(stored).all()
+
+
+def test_a_class_index_in_label_is_refused_with_the_key_to_use(tmp_path):
+    path = str(tmp_path / "a.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), path)
+    assert load.load_case({"id": "a", "image": path, "label": None})[1] is None
+    with pytest.raises(errors.DataError, match="class_index"):
+        load.load_case({"id": "a", "image": path, "label": 1})
