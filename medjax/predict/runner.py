@@ -252,9 +252,14 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     output = check_output(pcfg.output, bool(pcfg.overwrite))  # before minutes of loading
     members = load_members(workdir, pcfg)
     task = members[0].plan.get("task")
+    os.makedirs(output, exist_ok=True)
+    if task == "classification":
+        from medjax.predict import classify
+
+        return classify.predict(members, pcfg, output)
     if task != "segmentation":
         raise errors.ConfigError(
-            f"{workdir}: task={task!r}; --mode=predict handles segmentation runs."
+            f"{workdir}: task={task!r}; --mode=predict handles segmentation and "
+            "classification runs."
         )
-    os.makedirs(output, exist_ok=True)
     return run_segmentation(members, pcfg, output)
