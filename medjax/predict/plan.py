@@ -100,6 +100,15 @@ def record_plan(task: Any, config: ml_collections.ConfigDict, workdir: str) -> d
         store_dir=store_dir,
         class_names=list(names) if names else None,
     )
+    if plan["task"] == "luna" and getattr(task, "size", None):
+        # LUNA feeds fixed cutouts around candidates, HU clipped and scaled (tasks/luna.py).
+        plan["patch_size"] = [int(v) for v in task.size]
+        plan["luna"] = {
+            "cutout_size_vox": [int(v) for v in task.size],
+            "hu_clip": [-1000, 1000],
+            "hu_scale": 1.0 / 1000.0,
+            "label_mode": str(config.data.luna.label_mode),
+        }
     os.makedirs(workdir, exist_ok=True)
     tmp = os.path.join(workdir, f".{PLAN_FILE}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:

@@ -253,13 +253,17 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     members = load_members(workdir, pcfg)
     task = members[0].plan.get("task")
     os.makedirs(output, exist_ok=True)
+    if task == "luna":
+        from medjax.predict import luna
+
+        return luna.predict(members, pcfg, output)
     if task == "classification":
         from medjax.predict import classify
 
         return classify.predict(members, pcfg, output)
     if task != "segmentation":
         raise errors.ConfigError(
-            f"{workdir}: task={task!r}; --mode=predict handles segmentation and "
-            "classification runs."
+            f"{workdir}: task={task!r}; --mode=predict handles segmentation, "
+            "classification and luna runs."
         )
     return run_segmentation(members, pcfg, output)
