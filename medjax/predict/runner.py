@@ -187,10 +187,9 @@ def run_segmentation(
         t0 = time.time()
         row: dict[str, Any] = {"case_id": case.id, "source": case.source}
         try:
-            image = read_case(case)
             result = segment.predict_case(
                 members,
-                image,
+                read_case(case),  # not kept here: predict_case frees it after preprocessing
                 mirror_axes=None if tta is None else tuple(tta),
                 keep_probabilities=bool(pcfg.save_probabilities),
                 where=case.source,

@@ -48,15 +48,11 @@ def check_input(image: volume_lib.Volume, plan: Mapping[str, Any], where: str) -
         )
 
 
-def _member_logits(
-    member: model_lib.Member,
-    image: volume_lib.Volume,
-    mirror_axes: Sequence[int] | None,
-    where: str,
+def _preprocess(
+    member: model_lib.Member, image: volume_lib.Volume, where: str
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Preprocessed-space logits ``float32[*S, K]`` and the props to invert them."""
+    """``float32[*S, C]`` in ``member``'s preprocessed space, and the props to invert."""
     from medjax.data.preprocess import pipeline as pp
-    from medjax.evaluate import sliding_window
 
     plan = member.plan
     check_input(image, plan, where)
@@ -66,6 +62,16 @@ def _member_logits(
             f"{where}: {array.shape[-1]} channel(s) after preprocessing but the model "
             f"({member.workdir}) was trained on {plan['channels']}."
         )
+    return array, props
+
+
+def _logits(
+    member: model_lib.Member, array: np.ndarray, mirror_axes: Sequence[int] | None
+) -> np.ndarray:
+    """Sliding-window logits ``float32[*S, K]`` of a preprocessed array."""
+    from medjax.evaluate import sliding_window
+
+    plan = member.plan
     inference = plan["inference"]
     axes = inference["mirror_axes"] if mirror_axes is None else mirror_axes
     blend = inference["blend"]
@@ -73,7 +79,7 @@ def _member_logits(
         # On a CPU backend the "device" is this host's memory: device blending would hold the
         # volume twice (a CT: 300x512x512 float32 is 315 MB a copy); host blending holds it once.
         blend = "host" if array.size * 4 > _CPU_DEVICE_BLEND_BYTES else blend
-    logits = sliding_window.sliding_window_predict(
+    return sliding_window.sliding_window_predict(
         member.logits,
         array,
         tile_size=tuple(plan["patch_size"]),
@@ -84,7 +90,6 @@ def _member_logits(
         mesh=member.mesh,
         blend=blend,
     )
-    return logits, props
 
 
 # Volumes above this many float32 bytes are blended on the host when the backend is the CPU
@@ -152,10 +157,25 @@ def predict_case(
     Raises:
       DataError: the image does not fit the model (dimensionality, channels).
     """
+    import json
+
     from medjax.data.preprocess import pipeline as pp
 
+    # Preprocess once per distinct plan (the folds of one configuration share theirs), then let
+    # go of the input: only the preprocessed arrays and the props (geometry) are needed now.
+    # (A caller that passes ``read_volume(...)`` inline frees the source array here.)
+    inputs: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+    keys = []
+    for member in members:
+        key = json.dumps([member.plan["spec"], member.plan.get("channels")], sort_keys=True)
+        if key not in inputs:
+            inputs[key] = _preprocess(member, image, where)
+        keys.append(key)
+    del image
     if len(members) == 1:
-        logits, props = _member_logits(members[0], image, mirror_axes, where)
+        array, props = inputs.pop(keys[0])
+        logits = _logits(members[0], array, mirror_axes)
+        del array
         labels = pp.invert_prediction(labels_from_logits(logits), props)
         max_p = max_foreground_from_logits(logits)
         prob_vol = None
@@ -163,8 +183,9 @@ def predict_case(
             prob_vol = pp.invert_prediction(model_lib.probabilities(logits), props)
         return CaseResult(labels, prob_vol, max_p)
     total: np.ndarray | None = None
-    for member in members:
-        logits, props = _member_logits(member, image, mirror_axes, where)
+    for member, key in zip(members, keys, strict=True):
+        array, props = inputs[key]
+        logits = _logits(member, array, mirror_axes)
         vol = pp.invert_prediction(model_lib.probabilities(logits), props)
         del logits
         total = np.asarray(vol.array, np.float32) if total is None else total + vol.array
