@@ -75,7 +75,7 @@ def _logits(
     inference = plan["inference"]
     axes = inference["mirror_axes"] if mirror_axes is None else mirror_axes
     blend = inference["blend"]
-    if blend == "auto" and member.mesh is not None and _host_is_device(member.mesh):
+    if blend == "auto" and _host_is_device(member.mesh):
         # On a CPU backend the "device" is this host's memory: device blending would hold the
         # volume twice (a CT: 300x512x512 float32 is 315 MB a copy); host blending holds it once.
         blend = "host" if array.size * 4 > _CPU_DEVICE_BLEND_BYTES else blend
@@ -98,7 +98,10 @@ _CPU_DEVICE_BLEND_BYTES = 64 * 1024**2
 
 
 def _host_is_device(mesh: Any) -> bool:
-    return all(d.platform == "cpu" for d in mesh.devices.flat)
+    import jax
+
+    devices = list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
+    return all(d.platform == "cpu" for d in devices)
 
 
 def labels_from_logits(logits: np.ndarray) -> np.ndarray:
