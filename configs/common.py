@@ -190,6 +190,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.predict.postprocess.keep_largest = ()
     c.predict.postprocess.min_size_voxels = 0
     c.predict.postprocess.min_size_ml = 0.0
+    # LUNA runs: the candidates list (seriesuid, coordX/Y/Z); empty: candidates_V2.csv or
+    # candidates.csv in predict.input (a LUNA folder of subset*/ .mhd scans).
+    c.predict.candidates = ""
     # --mode=export: the bundle folder (medjax/predict/bundle.py); empty: <workdir>/bundle.
     c.predict.bundle = ""
 

@@ -24,16 +24,16 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def safe_case_id(case_id: str) -> str:
-    """A file-name-safe case id: ``[A-Za-z0-9._-]`` only, plus a short hash when changed.
-
-    Ids that are already safe are returned as they are; others get every other character
-    replaced by ``_`` and ``-<8 hex of sha1(id)>`` appended, so two ids that differ only in
-    unsafe characters still get different names. (Same rule as ``medjax.data.case_ids``.)
+    """A file-name-safe case id: ``[A-Za-z0-9._-]``, no leading dot, at most 100 characters,
+    unchanged when already safe, else with ``-<8 hex of sha1(id)>`` appended, so two ids that
+    differ only in unsafe characters still get different names. (The rule of
+    ``medjax.data.case_ids.safe_case_id``, which this defers to once both are merged.)
     """
-    safe = _UNSAFE.sub("_", case_id).strip(".") or "case"
-    if safe == case_id:
+    safe = _UNSAFE.sub("_", case_id).lstrip(".")
+    if safe == case_id and 0 < len(safe) <= 100:
         return case_id
-    return f"{safe}-{hashlib.sha1(case_id.encode()).hexdigest()[:8]}"
+    digest = hashlib.sha1(case_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{safe[:91] or 'case'}-{digest}"
 
 
 @dataclasses.dataclass

@@ -43,6 +43,7 @@ def make_plan(
     channels: int | None,
     *,
     store_dir: str = "",
+    class_names: list[str] | None = None,
 ) -> dict[str, Any]:
     """The plan of ``config`` with the store's resolved ``spec`` (JSON-able dict).
 
@@ -52,6 +53,7 @@ def make_plan(
         segmentation store (only the model and task are recorded then).
       channels: input channels the model was trained with.
       store_dir: where the spec came from (informative only).
+      class_names: a classification run's class names (index ``k`` names class ``k``).
     """
     k = _num_classes(config)
     # K == 1 is a sigmoid head: label values 0 and 1; K > 1 softmax: label value == class index.
@@ -65,7 +67,7 @@ def make_plan(
         "channels": None if channels is None else int(channels),
         "num_classes": k,
         "label_values": values,
-        "label_names": label_names(k),
+        "label_names": list(class_names) if class_names else label_names(k),
         "inference": {
             "step_fraction": float(config.eval.step_fraction),
             "mirror_axes": [int(a) for a in config.eval.mirror_axes],
@@ -90,7 +92,23 @@ def record_plan(task: Any, config: ml_collections.ConfigDict, workdir: str) -> d
     spec = None
     if store_dir and os.path.exists(os.path.join(store_dir, "manifest.json")):
         spec = store.load_manifest(store_dir)["spec"]
-    plan = make_plan(config, spec, getattr(task, "channels", None), store_dir=store_dir)
+    names = getattr(task, "class_names", None)
+    plan = make_plan(
+        config,
+        spec,
+        getattr(task, "channels", None),
+        store_dir=store_dir,
+        class_names=list(names) if names else None,
+    )
+    if plan["task"] == "luna" and getattr(task, "size", None):
+        # LUNA feeds fixed cutouts around candidates, HU clipped and scaled (tasks/luna.py).
+        plan["patch_size"] = [int(v) for v in task.size]
+        plan["luna"] = {
+            "cutout_size_vox": [int(v) for v in task.size],
+            "hu_clip": [-1000, 1000],
+            "hu_scale": 1.0 / 1000.0,
+            "label_mode": str(config.data.luna.label_mode),
+        }
     os.makedirs(workdir, exist_ok=True)
     tmp = os.path.join(workdir, f".{PLAN_FILE}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:

@@ -187,10 +187,9 @@ def run_segmentation(
         t0 = time.time()
         row: dict[str, Any] = {"case_id": case.id, "source": case.source}
         try:
-            image = read_case(case)
             result = segment.predict_case(
                 members,
-                image,
+                read_case(case),  # not kept here: predict_case frees it after preprocessing
                 mirror_axes=None if tta is None else tuple(tta),
                 keep_probabilities=bool(pcfg.save_probabilities),
                 where=case.source,
@@ -252,9 +251,18 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     output = check_output(pcfg.output, bool(pcfg.overwrite))  # before minutes of loading
     members = load_members(workdir, pcfg)
     task = members[0].plan.get("task")
+    os.makedirs(output, exist_ok=True)
+    if task == "luna":
+        from medjax.predict import luna
+
+        return luna.predict(members, pcfg, output)
+    if task == "classification":
+        from medjax.predict import classify
+
+        return classify.predict(members, pcfg, output)
     if task != "segmentation":
         raise errors.ConfigError(
-            f"{workdir}: task={task!r}; --mode=predict handles segmentation runs."
+            f"{workdir}: task={task!r}; --mode=predict handles segmentation, "
+            "classification and luna runs."
         )
-    os.makedirs(output, exist_ok=True)
     return run_segmentation(members, pcfg, output)

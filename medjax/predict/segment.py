@@ -48,15 +48,11 @@ def check_input(image: volume_lib.Volume, plan: Mapping[str, Any], where: str) -
         )
 
 
-def _member_logits(
-    member: model_lib.Member,
-    image: volume_lib.Volume,
-    mirror_axes: Sequence[int] | None,
-    where: str,
+def _preprocess(
+    member: model_lib.Member, image: volume_lib.Volume, where: str
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Preprocessed-space logits ``float32[*S, K]`` and the props to invert them."""
+    """``float32[*S, C]`` in ``member``'s preprocessed space, and the props to invert."""
     from medjax.data.preprocess import pipeline as pp
-    from medjax.evaluate import sliding_window
 
     plan = member.plan
     check_input(image, plan, where)
@@ -66,9 +62,24 @@ def _member_logits(
             f"{where}: {array.shape[-1]} channel(s) after preprocessing but the model "
             f"({member.workdir}) was trained on {plan['channels']}."
         )
+    return array, props
+
+
+def _logits(
+    member: model_lib.Member, array: np.ndarray, mirror_axes: Sequence[int] | None
+) -> np.ndarray:
+    """Sliding-window logits ``float32[*S, K]`` of a preprocessed array."""
+    from medjax.evaluate import sliding_window
+
+    plan = member.plan
     inference = plan["inference"]
     axes = inference["mirror_axes"] if mirror_axes is None else mirror_axes
-    logits = sliding_window.sliding_window_predict(
+    blend = inference["blend"]
+    if blend == "auto" and _host_is_device(member.mesh):
+        # On a CPU backend the "device" is this host's memory: device blending would hold the
+        # volume twice (a CT: 300x512x512 float32 is 315 MB a copy); host blending holds it once.
+        blend = "host" if array.size * 4 > _CPU_DEVICE_BLEND_BYTES else blend
+    return sliding_window.sliding_window_predict(
         member.logits,
         array,
         tile_size=tuple(plan["patch_size"]),
@@ -77,9 +88,20 @@ def _member_logits(
         batch_size=inference["batch_size"],
         mirror_axes=tuple(int(a) for a in axes),
         mesh=member.mesh,
-        blend=inference["blend"],
+        blend=blend,
     )
-    return logits, props
+
+
+# Volumes above this many float32 bytes are blended on the host when the backend is the CPU
+# (below it the device path is as fast and keeps evaluation's choice: predict == eval).
+_CPU_DEVICE_BLEND_BYTES = 64 * 1024**2
+
+
+def _host_is_device(mesh: Any) -> bool:
+    import jax
+
+    devices = list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
+    return all(d.platform == "cpu" for d in devices)
 
 
 def labels_from_logits(logits: np.ndarray) -> np.ndarray:
@@ -99,6 +121,19 @@ def labels_from_probabilities(probs: np.ndarray) -> np.ndarray:
 def _max_foreground(probs: np.ndarray) -> float:
     fg = probs[..., 0] if probs.shape[-1] == 1 else probs[..., 1:]
     return float(fg.max()) if fg.size else 0.0
+
+
+def max_foreground_from_logits(logits: np.ndarray) -> float:
+    """The highest foreground probability of ``[*S, K]`` logits, without a probability map:
+    sigmoid of the largest logit for K == 1 (monotone), else softmax slab by slab."""
+    if logits.size == 0:
+        return 0.0
+    if logits.shape[-1] == 1:
+        return float(model_lib.probabilities(np.asarray([logits.max()], np.float32))[0])
+    return max(
+        _max_foreground(model_lib.probabilities(logits[i : i + 16]))
+        for i in range(0, logits.shape[0], 16)
+    )
 
 
 def predict_case(
@@ -125,19 +160,35 @@ def predict_case(
     Raises:
       DataError: the image does not fit the model (dimensionality, channels).
     """
+    import json
+
     from medjax.data.preprocess import pipeline as pp
 
+    # Preprocess once per distinct plan (the folds of one configuration share theirs), then let
+    # go of the input: only the preprocessed arrays and the props (geometry) are needed now.
+    # (A caller that passes ``read_volume(...)`` inline frees the source array here.)
+    inputs: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+    keys = []
+    for member in members:
+        key = json.dumps([member.plan["spec"], member.plan.get("channels")], sort_keys=True)
+        if key not in inputs:
+            inputs[key] = _preprocess(member, image, where)
+        keys.append(key)
+    del image
     if len(members) == 1:
-        logits, props = _member_logits(members[0], image, mirror_axes, where)
+        array, props = inputs.pop(keys[0])
+        logits = _logits(members[0], array, mirror_axes)
+        del array
         labels = pp.invert_prediction(labels_from_logits(logits), props)
-        probs = model_lib.probabilities(logits)
-        max_p = _max_foreground(probs)
-        prob_vol = pp.invert_prediction(probs, props) if keep_probabilities else None
-        del logits, probs
+        max_p = max_foreground_from_logits(logits)
+        prob_vol = None
+        if keep_probabilities:
+            prob_vol = pp.invert_prediction(model_lib.probabilities(logits), props)
         return CaseResult(labels, prob_vol, max_p)
     total: np.ndarray | None = None
-    for member in members:
-        logits, props = _member_logits(member, image, mirror_axes, where)
+    for member, key in zip(members, keys, strict=True):
+        array, props = inputs[key]
+        logits = _logits(member, array, mirror_axes)
         vol = pp.invert_prediction(model_lib.probabilities(logits), props)
         del logits
         total = np.asarray(vol.array, np.float32) if total is None else total + vol.array

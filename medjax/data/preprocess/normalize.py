@@ -74,21 +74,26 @@ def normalize(
       ConfigError: unknown scheme or parameters.
     """
     name = check_params(params)
-    x = np.asarray(image, np.float64)
-    channels = x.shape[-1]
-    out = np.empty(x.shape, np.float32)
+    channels = image.shape[-1]
     stats: dict[str, Any] = {"name": name}
     if name == "ct":
+        # Slab by slab along axis 0 (the same float64 arithmetic per voxel): whole-volume
+        # float64 temporaries of a CT (300x512x512) would take ~2 GB (predict's memory bound).
+        out = np.empty(image.shape, np.float32)
         lo, hi = (float(v) for v in params["window"])
-        clipped = np.clip(x, lo, hi)
-        if params.get("mean") is not None:
-            mean, std = float(params["mean"]), float(params["std"])
-            out[...] = (clipped - mean) / max(std, _EPS)
-            stats.update(window=[lo, hi], mean=[mean] * channels, std=[std] * channels)
-        else:
-            out[...] = 2.0 * (clipped - lo) / (hi - lo) - 1.0
-            stats.update(window=[lo, hi])
+        mean, std = params.get("mean"), params.get("std")
+        for i in range(0, max(image.shape[0], 1), 16):
+            clipped = np.clip(np.asarray(image[i : i + 16], np.float64), lo, hi)
+            if mean is not None:
+                out[i : i + 16] = (clipped - float(mean)) / max(float(std), _EPS)
+            else:
+                out[i : i + 16] = 2.0 * (clipped - lo) / (hi - lo) - 1.0
+        stats.update(window=[lo, hi])
+        if mean is not None:
+            stats.update(mean=[float(mean)] * channels, std=[float(std)] * channels)
         return out, stats
+    x = np.asarray(image, np.float64)
+    out = np.empty(x.shape, np.float32)
     if name == "none":
         out[...] = x
         return out, stats
