@@ -25,8 +25,10 @@ from flax import traverse_util
 from medjax import distributed, errors, registry
 from medjax.augment import compose as augment_lib
 from medjax.data import pipeline
+from medjax.evaluate import runner
 from medjax.losses import compound
 from medjax.models import layers
+from medjax.tasks import base
 from medjax.train import checkpoint as ckpt_lib
 from medjax.train import mesh as mesh_lib
 from medjax.train import metric_writer, optim
@@ -156,12 +158,14 @@ class _Run:
     def fresh_state(self) -> state_lib.TrainState:
         return self._init(self.init_key)
 
-    def evaluate(self, state, split: str, *, keep_predictions: bool = False):
-        return self.task.evaluate(
+    def evaluate(self, state, split: str, *, keep_predictions: bool = False) -> base.EvalResult:
+        """``state`` on every case of ``split``, through the one evaluation runner."""
+        return runner.evaluate(
+            self.task,
             self.eval_fns,
             state,
             split,
-            mesh=self.mesh,
+            batch_sharding=self.batch_sh,
             batch_size=self.config.eval.batch_size,
             keep_predictions=keep_predictions,
         )
@@ -336,19 +340,19 @@ def train_and_evaluate(
             _say("")
             is_last = epoch + 1 == config.train.epochs
             if (epoch + 1) % config.train.val_every == 0 or is_last:
-                last_val, _, preds = run.evaluate(
+                val_result = run.evaluate(
                     state,
                     config.data.val_split,
                     keep_predictions=_wants_images(config, epoch, is_last),
                 )
-                last_val = {f"val/{k}": v for k, v in last_val.items()}
+                last_val = {f"val/{k}": v for k, v in val_result.metrics.items()}
                 writer.write_scalars(step, last_val)
                 if on_validation is not None:
                     on_validation(epoch + 1, step, last_val)
                 if config.schedule.name == "plateau":  # before the save: checkpoints carry it
                     state = _step_plateau(run, state, last_val)
                 writer.write_images(
-                    step, run.task.images(config.data.val_split, preds, config.log.num_images)
+                    step, run.task.images(config.data.val_split, val_result, config.log.num_images)
                 )
                 _say(
                     f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_val.items())
@@ -532,9 +536,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise errors.CheckpointError(f"No checkpoint in {run.ckpt.directory}: train first.")
     state, _ = run.ckpt.restore(step, run.abstract_state)
     split = config.eval.split
-    metrics, per_case, preds = run.evaluate(
-        state, split, keep_predictions=config.eval.write_predictions
-    )
+    result = run.evaluate(state, split, keep_predictions=config.eval.write_predictions)
+    metrics, per_case = result.metrics, result.per_case
     out_dir = os.path.join(run.workdir, "eval", f"{split}-step{step}")
     # Every process computed the same metrics (outputs are all-gathered); one writes them.
     if distributed.is_main():
@@ -545,7 +548,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             w = csv.DictWriter(f, fieldnames=list(per_case[0]))
             w.writeheader()
             w.writerows(per_case)
-        run.task.write_outputs(split, preds, per_case, out_dir)
+        run.task.write_outputs(split, result, out_dir)
     writer = metric_writer.MetricWriter(run.workdir)
     writer.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()})
     writer.close()
