@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from flax import traverse_util
 
@@ -177,8 +178,10 @@ def _init_from(
     """Copies every parameter (and BN statistic) whose path and shape match from another run.
 
     Parameters that do not match (a replaced head) keep their fresh initialisation; both lists
-    are logged. With ``params_only=False`` the optimiser state and step come along too when the
-    whole state matches.
+    are logged. With ``params_only=False`` the whole state comes along when it matches
+    (parameters, batch statistics, optimiser moments), but the step and the schedule's counters
+    restart at 0 (``_restart_schedule``): the new run's schedule runs from its start over the new
+    run's epochs, instead of starting past the other run's end (a rate of 0).
     """
     ckpt_dir, step = ckpt_lib.find_checkpoint(path)
     other = ckpt_lib.Checkpointer(ckpt_dir, run.config.ckpt, read_only=True)
@@ -190,7 +193,7 @@ def _init_from(
             try:
                 restored, _ = other.restore(step, run.abstract_state)
                 logging.info("init_from: continued from %s step %d (full state)", ckpt_dir, step)
-                return restored
+                return _restart_schedule(restored, state)
             except errors.CheckpointError as e:
                 logging.warning(
                     "init_from: full state does not match (%s); loading parameters only.", e
@@ -226,6 +229,25 @@ def _init_from(
     )
     new = state.replace(params=params, batch_stats=stats)
     return jax.tree.map(distributed.global_from_host, new, run.state_sh)
+
+
+def _restart_schedule(
+    restored: state_lib.TrainState, fresh: state_lib.TrainState
+) -> state_lib.TrainState:
+    """``restored`` with the step, the schedule's step counters and the plateau tracker of
+    ``fresh`` (all at their start); the moments (and Adam's bias-correction count, which
+    belongs to them) stay as restored."""
+
+    def is_schedule(x: Any) -> bool:
+        return isinstance(x, (optax.ScaleByScheduleState, optim.PlateauState))
+
+    opt_state = jax.tree.map(
+        lambda new, old: new if is_schedule(new) else old,
+        fresh.opt_state,
+        restored.opt_state,
+        is_leaf=is_schedule,
+    )
+    return restored.replace(step=fresh.step, opt_state=opt_state)
 
 
 # ---------------------------------------------------------------------------------------------
