@@ -108,8 +108,7 @@ def main(argv: list[str]) -> None:
             if distributed.is_main():
                 print(task.describe())
         elif FLAGS.mode == "train":
-            loop.train_and_evaluate(config, workdir)
-            loop.evaluate(config, workdir)
+            loop.train_and_evaluate(config, workdir, evaluate_after=True)
         else:
             loop.evaluate(config, workdir)
     except errors.MedjaxError as e:
