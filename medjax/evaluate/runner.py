@@ -48,6 +48,7 @@ def evaluate(
     fn = fns[inputs.fn]
     if isinstance(inputs, base.Batches):
         for batch in inputs.make(batch_size):
+            batch = pad_batch(batch, batch_size)
             device = {k: batch[k] for k in inputs.device_keys if k in batch}
             out = distributed.to_host(
                 fn(state, distributed.global_from_host(device, batch_sharding))
@@ -73,3 +74,24 @@ def evaluate(
     else:
         raise TypeError(f"{type(task).__name__}.evaluation().inputs is {type(inputs).__name__}")
     return evaluation.finalize()
+
+
+def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """A batch of ``n <= batch_size`` rows -> exactly ``batch_size`` rows (one compiled shape).
+
+    A batch that already has ``valid`` is returned as it is (padded by its maker). Otherwise
+    every entry is padded with zero rows, ``valid bool[B]`` marks the ``n`` real rows and
+    ``index`` (required) is -1 on the padding.
+    """
+    if "valid" in batch:
+        return batch
+    n = len(batch["index"])
+    if n > batch_size:
+        raise ValueError(f"a batch of {n} rows for batch_size {batch_size}")
+    out = {
+        k: np.concatenate([v, np.zeros((batch_size - n, *np.shape(v)[1:]), np.asarray(v).dtype)])
+        for k, v in batch.items()
+    }
+    out["valid"] = np.arange(batch_size) < n
+    out["index"] = np.where(out["valid"], out["index"], -1).astype(np.int32)
+    return out

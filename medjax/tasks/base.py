@@ -41,9 +41,11 @@ class Batches:
     """Inputs evaluated whole, in fixed-size batches of one shape.
 
     Attributes:
-      make: ``batch_size -> iterable of host batches``: dicts of numpy arrays, every one with a
-        leading ``[B]`` axis, always ``valid bool[B]`` (False on padding rows) and ``index
-        int32[B]`` (case index, -1 on padding); the same on every process.
+      make: ``batch_size -> iterable of host batches``: dicts of numpy arrays with a leading
+        axis of at most ``batch_size`` rows, always ``index int[n]`` (the case index); the same
+        on every process. The runner pads each to ``batch_size`` rows and adds ``valid
+        bool[B]`` (False on padding rows, whose ``index`` is -1); a batch that already has
+        ``valid`` is taken as padded.
       fn: the eval function (a key of ``make_eval_fns``) applied as ``fn(state, batch)``.
       device_keys: the batch entries sent to the device (the rest stay on the host); a key
         missing from a batch is skipped, so unlabelled cases need no ``label``.

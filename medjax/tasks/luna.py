@@ -194,21 +194,17 @@ class _Evaluation:
         self.scores = eval_cls.ClassScores(task.num_classes, zero_rule)
 
     def _batches(self, batch_size: int):
-        """Host batches: scaled cutouts, labels, ``valid``, ``index`` (position in the split)."""
+        """Host batches: scaled cutouts, labels, ``index`` (position in the split)."""
         ds = grain.MapDataset.source(self.source).batch(batch_size, drop_remainder=False)
         start = 0
         for batch in ds:
             n = len(batch["label"])
-            pad = batch_size - n
-            valid = np.arange(batch_size) < n
-            image = np.asarray(batch["image"], np.float32) * np.float32(HU_SCALE)
-            label = np.asarray(batch["label"], np.int32)
-            if pad:
-                image = np.concatenate([image, np.zeros((pad, *image.shape[1:]), np.float32)])
-                label = np.concatenate([label, np.zeros(pad, np.int32)])
-            index = np.where(valid, start + np.arange(batch_size), -1).astype(np.int32)
+            yield {
+                "image": np.asarray(batch["image"], np.float32) * np.float32(HU_SCALE),
+                "label": np.asarray(batch["label"], np.int32),
+                "index": np.arange(start, start + n, dtype=np.int32),
+            }
             start += n
-            yield {"image": image, "label": label, "valid": valid, "index": index}
 
     def accumulate(self, out: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> None:
         self.scores.add(out, batch)

@@ -24,15 +24,10 @@ class _Mean:
             self.inputs = base.Batches(self._batches, fn="mean")
         self.result = base.EvalResult()
 
-    def _batches(self, batch_size):
+    def _batches(self, batch_size):  # unpadded: the runner pads the last one
         for start in range(0, len(self.images), batch_size):
             chunk = self.images[start : start + batch_size]
-            n, pad = len(chunk), batch_size - len(chunk)
-            yield {
-                "image": np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)]),
-                "valid": np.arange(batch_size) < n,
-                "index": np.where(np.arange(batch_size) < n, start + np.arange(batch_size), -1),
-            }
+            yield {"image": chunk, "index": np.arange(start, start + len(chunk))}
 
     def accumulate(self, out, batch):
         key = "mean" if "mean" in out else "logits"
