@@ -17,6 +17,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Another run's workdir or checkpoint folder to initialise weights from (fine-tuning);
     # ignored when the workdir already holds a checkpoint (then the run resumes).
     c.init_from = ""
+    # True: only parameters and batch statistics (matched by path and shape). False: the whole
+    # state (also the optimiser moments), but the step restarts at 0, so this run's schedule
+    # runs from its start over this run's epochs.
     c.init_params_only = True
 
     c.data = ml_collections.ConfigDict()

@@ -135,8 +135,7 @@ def _main(argv: list[str]) -> None:
             out = config.predict.bundle or os.path.join(FLAGS.workdir or "", "bundle")
             print(bundle.export_bundle(FLAGS.workdir, out, checkpoint=config.predict.checkpoint))
         elif FLAGS.mode == "train":
-            loop.train_and_evaluate(config, workdir)
-            loop.evaluate(config, workdir)
+            loop.train_and_evaluate(config, workdir, evaluate_after=True)
         else:
             loop.evaluate(config, workdir)
     except errors.MedjaxError as e:

@@ -1,8 +1,11 @@
 """Two processes on the loopback address (JAX's distributed runtime, 2 CPU devices each) train
-exactly like one process with 4 devices; killing both and restarting resumes (issue 8)."""
+exactly like one process with 4 devices; killing both and restarting resumes (issue 8); they
+evaluate a classification run exactly like one process (issue 14)."""
 
+import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,14 +44,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_pair(workdir: str) -> list[subprocess.Popen]:
+def _start_pair(workdir: str, args: list[str] = ARGS) -> list[subprocess.Popen]:
     port = _free_port()
     return [
         subprocess.Popen(
             [
                 sys.executable,
                 "launch.py",
-                *ARGS,
+                *args,
                 f"--workdir={workdir}",
                 f"--coordinator_address=127.0.0.1:{port}",
                 "--num_processes=2",
@@ -153,3 +156,40 @@ def test_two_processes_train_like_one_and_resume_after_both_are_killed(reference
     # Progress and summaries come from process 0 only.
     assert "training finished" in errs[0] and "training finished" not in errs[1]
     assert "epoch 1/" not in errs[1] and "resuming" not in errs[1]
+
+
+def test_two_processes_evaluate_classification_like_one(tmp_path):
+    """A classification run (one step) evaluated on its test split by one process (8 devices,
+    in this process) and by two processes (2 devices each): the same metrics and per-case
+    probabilities, the padded last batch included (the runner gathers with ``to_host``)."""
+    from medjax.testing import configs
+    from medjax.train import loop
+
+    config = configs.load_config("resnet", "tiny")
+    config.train.epochs, config.train.steps_per_epoch = 1, 1
+    one = tmp_path / "one_process"
+    loop.train_and_evaluate(config, str(one))
+    ref = loop.evaluate(config, str(one))
+    two = tmp_path / "two_processes"
+    shutil.copytree(one, two, ignore=shutil.ignore_patterns("eval"))
+    args = [
+        "--config=configs/resnet.py:tiny",
+        "--config.train.epochs=1",
+        "--config.train.steps_per_epoch=1",
+        "--mode=eval",
+    ]
+    _finish(_start_pair(str(two), args))
+    out = os.path.relpath(ref["dir"], one)
+    with open(two / out / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["num_examples"] == ref["num_examples"] > config.eval.batch_size  # 2 batches
+    for k, v in ref.items():
+        if k != "dir":
+            assert metrics[k] == pytest.approx(v, rel=1e-5, abs=1e-6, nan_ok=True), k
+    rows = {}
+    for d in (one, two):
+        with open(d / out / "per_case.csv") as f:
+            rows[d] = list(csv.DictReader(f))
+    assert [r["id"] for r in rows[two]] == [r["id"] for r in rows[one]]
+    for a, b in zip(rows[one], rows[two], strict=True):
+        assert float(b["p_lesion"]) == pytest.approx(float(a["p_lesion"]), rel=1e-5, abs=1e-6)

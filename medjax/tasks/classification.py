@@ -24,13 +24,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
 from medjax import errors, registry
 from medjax.data import pipeline, sources
+from medjax.evaluate import classification as eval_cls
 from medjax.metrics import classification
+from medjax.tasks import base
 from medjax.train import step as step_lib
 
 
@@ -173,64 +174,11 @@ class ClassificationTask:
         """``step(state, batch) -> {"logits": [B, K], "loss": [B]}`` (0 on padding rows)."""
         return {"step": step_lib.make_classification_eval_step(loss_fn, precision=precision)}
 
-    def evaluate(
-        self, fns, state, split: str, *, mesh, batch_size: int, keep_predictions: bool = False
-    ):
-        """``(metrics, per_case, outputs)`` over every case of ``split``.
-
-        ``outputs`` holds the confusion matrix under key 0 (for ``write_outputs``).
-        """
-        del keep_predictions  # probabilities are in per_case either way
-        source = self.data.source(split)
-        labels = self.labels(split)
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-        acc = classification.ClassificationMetrics(
-            self.num_classes,
-            zero_rule_class=classification.zero_rule(
-                self.labels(self.config.data.train_split), max(self.num_classes, 2)
-            ),
-        )
-        loss_sum, probs, indices = 0.0, [], []
-        for batch in pipeline.eval_batches(source, batch_size):
-            valid = batch["valid"]
-            host = {
-                "image": batch["image"],
-                "label": np.where(valid, labels[np.maximum(batch["index"], 0)], 0).astype(np.int32),
-                "valid": valid,
-            }
-            out = jax.device_get(fns["step"](state, pipeline.to_global(host, sharding)))
-            acc.update(out["logits"], host["label"], valid=valid)
-            loss_sum += float(np.asarray(out["loss"])[valid].sum())
-            probs.append(classification.scores_from_logits(np.asarray(out["logits"]))[valid])
-            indices.append(batch["index"][valid])
-        confusion = acc.confusion_matrix()
-        metrics = {k: float(v) for k, v in acc.result().items() if np.isscalar(v)}
-        rates = per_class_rates(confusion)
-        # Balanced accuracy: the mean recall over the classes present in the split.
-        metrics["balanced_accuracy"] = float(np.nanmean(rates["sensitivity"]))
-        for c, name in enumerate(self.class_names):
-            metrics[f"sensitivity/{name}"] = float(rates["sensitivity"][c])
-            metrics[f"specificity/{name}"] = float(rates["specificity"][c])
-        for (t, p), count in np.ndenumerate(confusion):
-            metrics[f"confusion/{t}_{p}"] = float(count)
-        metrics["loss"] = loss_sum / max(len(source), 1)
-        probs_all, index_all = np.concatenate(probs), np.concatenate(indices)
-        entries = self.data.splits[split]
-        per_case = []
-        for i, p in zip(index_all, probs_all, strict=True):
-            entry = entries[int(i)]
-            pred = int(p.argmax()) if self.num_classes > 1 else int(p[1] > acc.threshold)
-            row = {
-                "id": entry["id"],
-                "image": ";".join(entry.get("source", {}).get("image", [])),
-                "label": int(labels[i]),
-                "class_name": self.class_names[labels[i]],
-                "prediction": pred,
-                "predicted_class": self.class_names[pred],
-            }
-            row.update({f"p_{name}": float(p[c]) for c, name in enumerate(self.class_names)})
-            per_case.append(row)
-        return metrics, per_case, {0: confusion}
+    def evaluation(self, split: str, *, keep_predictions: bool = False) -> _Evaluation:
+        """Accuracy, balanced accuracy, per-class rates, AUC and the confusion matrix over
+        ``split``; per case the class probabilities (kept in ``predictions`` either way)."""
+        del keep_predictions  # probabilities are small: always kept
+        return _Evaluation(self, split)
 
     def baseline(self, split: str) -> dict[str, float]:
         """Zero-Rule accuracy (always the training majority class) on ``split``."""
@@ -238,22 +186,85 @@ class ClassificationTask:
         majority = classification.zero_rule(train, max(self.num_classes, 2))
         return {"zero_rule_accuracy": float(np.mean(self.labels(split) == majority))}
 
-    def images(self, split: str, outputs: dict[int, Any], num: int) -> dict[str, np.ndarray]:
+    def images(self, split: str, result: base.EvalResult, num: int) -> dict[str, np.ndarray]:
         """No image summaries: the per-case probabilities say more than a grid of inputs."""
-        del split, outputs, num
+        del split, result, num
         return {}
 
-    def write_outputs(
-        self, split: str, outputs: dict[int, Any], per_case: list[dict[str, Any]], out_dir: str
-    ) -> None:
+    def write_outputs(self, split: str, result: base.EvalResult, out_dir: str) -> None:
         """``confusion.csv``: the confusion matrix with class names (rows true, columns pred)."""
-        del split, per_case  # the loop writes per_case.csv
+        del split  # the loop writes per_case.csv
+        if "confusion" not in result.extras:  # unlabelled cases: no confusion matrix
+            return
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "confusion.csv"), "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["true \\ predicted", *self.class_names])
-            for name, row in zip(self.class_names, outputs[0], strict=True):
+            for name, row in zip(self.class_names, result.extras["confusion"], strict=True):
                 w.writerow([name, *(int(v) for v in row)])
+
+
+class _Evaluation:
+    """``base.Evaluation`` of a classification split: whole images in batches of one shape."""
+
+    def __init__(self, task: ClassificationTask, split: str):
+        self.task, self.split = task, split
+        self.source = task.data.source(split)
+        self.labels = task.labels(split)
+        self.inputs = base.Batches(self._batches)
+        zero_rule = classification.zero_rule(
+            task.labels(task.config.data.train_split), max(task.num_classes, 2)
+        )
+        self.scores = eval_cls.ClassScores(task.num_classes, zero_rule)
+
+    def _batches(self, batch_size: int):
+        for batch in pipeline.eval_batches(self.source, batch_size):
+            valid = batch["valid"]
+            labels = self.labels[np.maximum(batch["index"], 0)]
+            yield {
+                "image": batch["image"],
+                "label": np.where(valid, labels, 0).astype(np.int32),
+                "valid": valid,
+                "index": batch["index"],
+            }
+
+    def accumulate(self, out: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> None:
+        self.scores.add(out, batch)
+
+    def finalize(self) -> base.EvalResult:
+        task, scores = self.task, self.scores
+        confusion = scores.confusion_matrix()
+        metrics = scores.metrics()
+        rates = per_class_rates(confusion)
+        # Balanced accuracy: the mean recall over the classes present in the split.
+        metrics["balanced_accuracy"] = float(np.nanmean(rates["sensitivity"]))
+        for c, name in enumerate(task.class_names):
+            metrics[f"sensitivity/{name}"] = float(rates["sensitivity"][c])
+            metrics[f"specificity/{name}"] = float(rates["specificity"][c])
+        metrics.update(scores.confusion_scalars())
+        metrics.update(scores.mean_loss())
+        index_all, probs_all = scores.probabilities()
+        entries = task.data.splits[self.split]
+        per_case = []
+        for i, p in zip(index_all, probs_all, strict=True):
+            entry = entries[int(i)]
+            pred = int(p.argmax()) if task.num_classes > 1 else int(p[1] > scores.threshold)
+            row = {
+                "id": entry["id"],
+                "image": ";".join(entry.get("source", {}).get("image", [])),
+                "label": int(self.labels[i]),
+                "class_name": task.class_names[self.labels[i]],
+                "prediction": pred,
+                "predicted_class": task.class_names[pred],
+            }
+            row.update({f"p_{name}": float(p[c]) for c, name in enumerate(task.class_names)})
+            per_case.append(row)
+        return base.EvalResult(
+            metrics=metrics,
+            per_case=per_case,
+            predictions={int(i): p for i, p in zip(index_all, probs_all, strict=True)},
+            extras={"confusion": confusion},
+        )
 
 
 @registry.register("tasks.classification")

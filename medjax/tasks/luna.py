@@ -16,15 +16,16 @@ from collections.abc import Callable
 from typing import Any
 
 import grain
-import jax
 import ml_collections
 import numpy as np
 
-from medjax import distributed, errors, registry
+from medjax import errors, registry
 from medjax.data import pipeline, store, synthetic
 from medjax.data.luna import csvs, froc
 from medjax.data.luna import sources as luna_sources
+from medjax.evaluate import classification as eval_cls
 from medjax.metrics import classification
+from medjax.tasks import base
 from medjax.train import step as step_lib
 
 HU_SCALE = 1.0 / 1000.0
@@ -128,69 +129,11 @@ class LunaTask:
     def make_eval_fns(self, loss_fn: Callable, precision: str) -> dict[str, Callable]:
         return {"step": step_lib.make_classification_eval_step(loss_fn, precision=precision)}
 
-    def _batches(self, source: luna_sources.CutoutSource, batch_size: int):
-        ds = grain.MapDataset.source(source).batch(batch_size, drop_remainder=False)
-        for batch in ds:
-            n = len(batch["label"])
-            pad = batch_size - n
-            out = {
-                "image": np.asarray(batch["image"], np.float32) * np.float32(HU_SCALE),
-                "label": np.asarray(batch["label"], np.int32),
-                "valid": np.arange(batch_size) < n,
-            }
-            if pad:
-                out["image"] = np.concatenate(
-                    [out["image"], np.zeros((pad, *out["image"].shape[1:]), np.float32)]
-                )
-                out["label"] = np.concatenate([out["label"], np.zeros(pad, np.int32)])
-            yield out, np.asarray(batch["index"])
-
-    def evaluate(
-        self, fns, state, split: str, *, mesh, batch_size: int, keep_predictions: bool = False
-    ):
-        """Classification metrics (and, for ``label_mode=nodule``, FROC/CPM) over ``split``."""
-        del keep_predictions
-        source = self.sources[split]
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-        train_labels = self.sources[self.config.data.train_split].labels
-        acc = classification.ClassificationMetrics(
-            self.num_classes,
-            zero_rule_class=classification.zero_rule(train_labels, max(self.num_classes, 2)),
-        )
-        loss_sum, rows, probs = 0.0, [], []
-        for host, store_rows in self._batches(source, batch_size):
-            out = distributed.to_host(
-                fns["step"](state, distributed.global_from_host(host, sharding))
-            )
-            valid = host["valid"]
-            acc.update(out["logits"], host["label"], valid=valid)
-            loss_sum += float(np.asarray(out["loss"])[valid].sum())
-            scores = classification.scores_from_logits(np.asarray(out["logits"]))[valid]
-            probs.append(scores)
-            rows.append(store_rows)
-        metrics = {k: float(v) for k, v in acc.result().items() if np.isscalar(v)}
-        # The confusion matrix as scalars confusion/<true>_<pred>, so it is logged every epoch.
-        for (t, p), count in np.ndenumerate(acc.confusion_matrix()):
-            metrics[f"confusion/{t}_{p}"] = float(count)
-        metrics["loss"] = loss_sum / max(len(source), 1)
-        probs_all, rows_all = np.concatenate(probs), np.concatenate(rows)
-        per_case = [
-            {
-                "seriesuid": str(self.table["seriesuid"][r]),
-                "coordX": float(self.table["coordX"][r]),
-                "coordY": float(self.table["coordY"][r]),
-                "coordZ": float(self.table["coordZ"][r]),
-                "label": int(lbl),
-                "probability": float(p[-1] if p.shape[0] > 1 else p[0]),
-            }
-            for r, p, lbl in zip(rows_all, probs_all, source.labels, strict=True)
-        ]
-        outputs: dict[int, Any] = {}
-        if self.config.data.luna.label_mode == "nodule":
-            result = self._froc(per_case)
-            metrics.update(result.to_dict())
-            outputs[0] = result
-        return metrics, per_case, outputs
+    def evaluation(self, split: str, *, keep_predictions: bool = False) -> _Evaluation:
+        """Classification metrics (and, for ``label_mode=nodule``, FROC/CPM) over ``split``:
+        every candidate cutout, unbalanced; per candidate its probability."""
+        del keep_predictions  # probabilities are small: always kept
+        return _Evaluation(self, split)
 
     def _froc(self, per_case: list[dict[str, Any]]) -> froc.FrocResult:
         annotations = csvs.read_annotations(os.path.join(self.root, "annotations.csv"))
@@ -216,15 +159,14 @@ class LunaTask:
         majority = classification.zero_rule(train_labels, max(self.num_classes, 2))
         return {"zero_rule_accuracy": float(np.mean(self.sources[split].labels == majority))}
 
-    def images(self, split: str, outputs: dict[int, Any], num: int) -> dict[str, np.ndarray]:
+    def images(self, split: str, result: base.EvalResult, num: int) -> dict[str, np.ndarray]:
+        """The FROC curve (``label_mode=nodule``), else nothing."""
         del num
-        if 0 not in outputs:
+        if "froc" not in result.extras:
             return {}
-        return {f"{split}/froc": froc.froc_plot_png(outputs[0], title=f"FROC ({split})")}
+        return {f"{split}/froc": froc.froc_plot_png(result.extras["froc"], title=f"FROC ({split})")}
 
-    def write_outputs(
-        self, split: str, outputs: dict[int, Any], per_case: list[dict[str, Any]], out_dir: str
-    ) -> None:
+    def write_outputs(self, split: str, result: base.EvalResult, out_dir: str) -> None:
         """LUNA16's results file (``seriesuid,coordX,coordY,coordZ,probability``) and the FROC."""
         del split
         os.makedirs(out_dir, exist_ok=True)
@@ -232,13 +174,70 @@ class LunaTask:
             os.path.join(out_dir, "results.csv"),
             [
                 (c["seriesuid"], c["coordX"], c["coordY"], c["coordZ"], c["probability"])
-                for c in per_case
+                for c in result.per_case
             ],
         )
-        if 0 in outputs:
-            froc.froc_plot_png(outputs[0], path=os.path.join(out_dir, "froc.png"))
+        if "froc" in result.extras:
+            froc.froc_plot_png(result.extras["froc"], path=os.path.join(out_dir, "froc.png"))
             with open(os.path.join(out_dir, "froc.json"), "w") as f:
-                json.dump(outputs[0].to_dict(), f, indent=1)
+                json.dump(result.extras["froc"].to_dict(), f, indent=1)
+
+
+class _Evaluation:
+    """``base.Evaluation`` of a LUNA split: every candidate cutout of its series, in batches."""
+
+    def __init__(self, task: LunaTask, split: str):
+        self.task = task
+        self.source = task.sources[split]
+        self.inputs = base.Batches(self._batches)
+        train_labels = task.sources[task.config.data.train_split].labels
+        zero_rule = classification.zero_rule(train_labels, max(task.num_classes, 2))
+        self.scores = eval_cls.ClassScores(task.num_classes, zero_rule)
+
+    def _batches(self, batch_size: int):
+        """Host batches: scaled cutouts, labels, ``index`` (position in the split)."""
+        ds = grain.MapDataset.source(self.source).batch(batch_size, drop_remainder=False)
+        start = 0
+        for batch in ds:
+            n = len(batch["label"])
+            yield {
+                "image": np.asarray(batch["image"], np.float32) * np.float32(HU_SCALE),
+                "label": np.asarray(batch["label"], np.int32),
+                "index": np.arange(start, start + n, dtype=np.int32),
+            }
+            start += n
+
+    def accumulate(self, out: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> None:
+        self.scores.add(out, batch)
+
+    def finalize(self) -> base.EvalResult:
+        task, scores = self.task, self.scores
+        metrics = scores.metrics()
+        metrics.update(scores.confusion_scalars())
+        metrics.update(scores.mean_loss())
+        index_all, probs_all = scores.probabilities()
+        rows_all, table = self.source.rows[index_all], task.table
+        per_case = [
+            {
+                "seriesuid": str(table["seriesuid"][r]),
+                "coordX": float(table["coordX"][r]),
+                "coordY": float(table["coordY"][r]),
+                "coordZ": float(table["coordZ"][r]),
+                "label": int(self.source.labels[i]),
+                "probability": float(p[-1] if p.shape[0] > 1 else p[0]),
+            }
+            for i, r, p in zip(index_all, rows_all, probs_all, strict=True)
+        ]
+        result = base.EvalResult(
+            metrics=metrics,
+            per_case=per_case,
+            predictions={int(i): p for i, p in zip(index_all, probs_all, strict=True)},
+            extras={"confusion": scores.confusion_matrix()},
+        )
+        if task.config.data.luna.label_mode == "nodule":
+            result.extras["froc"] = task._froc(per_case)
+            result.metrics.update(result.extras["froc"].to_dict())
+        return result
 
 
 @registry.register("tasks.luna")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -19,6 +17,7 @@ from medjax import errors, registry
 from medjax.data import pipeline
 from medjax.evaluate import segmentation as seg_eval
 from medjax.metrics import surface
+from medjax.tasks import base
 from medjax.train import step as step_lib
 
 
@@ -66,17 +65,11 @@ class SegmentationTask:
         step = step_lib.make_eval_step(loss_fn, precision=precision, mirror_axes=mirror_axes)
         return {"step": step, "logits": logits}
 
-    def evaluate(
-        self,
-        fns: dict[str, Callable],
-        state: Any,
-        split: str,
-        *,
-        mesh,
-        batch_size: int,
-        keep_predictions: bool = False,
-    ):
-        """``(metrics, per_case, predictions)`` over every case of ``split``."""
+    def evaluation(
+        self, split: str, *, keep_predictions: bool = False
+    ) -> seg_eval.SplitEvaluation | seg_eval.VolumeEvaluation:
+        """Whole images in batches when every case of ``split`` has the patch's shape, else
+        sliding windows over each whole case (with HD95/ASSD in mm)."""
         source = self.data.source(split)
         entries = self.data.splits[split]
         spacings = [
@@ -85,26 +78,18 @@ class SegmentationTask:
         num_classes = self.config.model.kwargs.get("out_channels", 1)
         connectivity = self.config.eval.get("surface_connectivity", "face")
         if set(source.shapes) == {self.patch_size}:
-            return seg_eval.evaluate_split(
-                fns["step"],
-                state,
+            return seg_eval.SplitEvaluation(
                 source,
-                batch_size=batch_size,
-                sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
                 keep_predictions=keep_predictions,
                 spacings=spacings,
                 num_classes=num_classes,
                 connectivity=connectivity,
             )
-        return seg_eval.evaluate_volumes(
-            fns["logits"],
-            state,
+        return seg_eval.VolumeEvaluation(
             source,
             spacings,
             tile_size=self.patch_size,
             num_classes=num_classes,
-            batch_size=batch_size,
-            mesh=mesh,
             step_fraction=self.config.eval.step_fraction,
             mirror_axes=tuple(self.config.eval.mirror_axes),
             blend=self.config.eval.get("blend", "auto"),
@@ -120,23 +105,16 @@ class SegmentationTask:
         """The best global-threshold Dice on ``split`` (logged once as a floor)."""
         return seg_eval.threshold_baseline(self.data.source(split))
 
-    def images(
-        self, split: str, predictions: dict[int, np.ndarray], num: int
-    ) -> dict[str, np.ndarray]:
+    def images(self, split: str, result: base.EvalResult, num: int) -> dict[str, np.ndarray]:
         """TensorBoard image grids of input | ground truth | prediction."""
-        grid = seg_eval.sample_grid(self.data.source(split), predictions, num)
+        grid = seg_eval.sample_grid(self.data.source(split), result.predictions, num)
         return {} if grid is None else {f"{split}/samples (input | truth | prediction)": grid}
 
-    def write_outputs(
-        self,
-        split: str,
-        predictions: dict[int, np.ndarray],
-        per_case: list[dict[str, Any]],
-        out_dir: str,
-    ) -> None:
+    def write_outputs(self, split: str, result: base.EvalResult, out_dir: str) -> None:
         """Each prediction back in its case's original grid and geometry (PNG 2D, NIfTI 3D; a
-        DICOM case also as DICOM SEG with ``eval.write_dicom_seg``)."""
-        del per_case  # the loop writes per_case.csv
+        DICOM case also as DICOM SEG with ``eval.write_dicom_seg``). The loop writes
+        ``per_case.csv``."""
+        predictions = result.predictions
         out_dir = os.path.join(out_dir, "predictions")
         from medjax.data import io as mio
         from medjax.data.io import dicom_seg, image2d

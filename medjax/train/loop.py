@@ -19,17 +19,20 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from flax import traverse_util
 
 from medjax import distributed, errors, registry
 from medjax.augment import compose as augment_lib
 from medjax.data import pipeline
+from medjax.evaluate import runner
 from medjax.losses import compound
 from medjax.models import layers
+from medjax.tasks import base
 from medjax.train import checkpoint as ckpt_lib
+from medjax.train import hooks, metric_writer, optim
 from medjax.train import mesh as mesh_lib
-from medjax.train import metric_writer, optim
 from medjax.train import state as state_lib
 from medjax.train import step as step_lib
 
@@ -156,12 +159,14 @@ class _Run:
     def fresh_state(self) -> state_lib.TrainState:
         return self._init(self.init_key)
 
-    def evaluate(self, state, split: str, *, keep_predictions: bool = False):
-        return self.task.evaluate(
+    def evaluate(self, state, split: str, *, keep_predictions: bool = False) -> base.EvalResult:
+        """``state`` on every case of ``split``, through the one evaluation runner."""
+        return runner.evaluate(
+            self.task,
             self.eval_fns,
             state,
             split,
-            mesh=self.mesh,
+            batch_sharding=self.batch_sh,
             batch_size=self.config.eval.batch_size,
             keep_predictions=keep_predictions,
         )
@@ -173,8 +178,10 @@ def _init_from(
     """Copies every parameter (and BN statistic) whose path and shape match from another run.
 
     Parameters that do not match (a replaced head) keep their fresh initialisation; both lists
-    are logged. With ``params_only=False`` the optimiser state and step come along too when the
-    whole state matches.
+    are logged. With ``params_only=False`` the whole state comes along when it matches
+    (parameters, batch statistics, optimiser moments), but the step and the schedule's counters
+    restart at 0 (``_restart_schedule``): the new run's schedule runs from its start over the new
+    run's epochs, instead of starting past the other run's end (a rate of 0).
     """
     ckpt_dir, step = ckpt_lib.find_checkpoint(path)
     other = ckpt_lib.Checkpointer(ckpt_dir, run.config.ckpt, read_only=True)
@@ -186,7 +193,7 @@ def _init_from(
             try:
                 restored, _ = other.restore(step, run.abstract_state)
                 logging.info("init_from: continued from %s step %d (full state)", ckpt_dir, step)
-                return restored
+                return _restart_schedule(restored, state)
             except errors.CheckpointError as e:
                 logging.warning(
                     "init_from: full state does not match (%s); loading parameters only.", e
@@ -224,6 +231,25 @@ def _init_from(
     return jax.tree.map(distributed.global_from_host, new, run.state_sh)
 
 
+def _restart_schedule(
+    restored: state_lib.TrainState, fresh: state_lib.TrainState
+) -> state_lib.TrainState:
+    """``restored`` with the step, the schedule's step counters and the plateau tracker of
+    ``fresh`` (all at their start); the moments (and Adam's bias-correction count, which
+    belongs to them) stay as restored."""
+
+    def is_schedule(x: Any) -> bool:
+        return isinstance(x, (optax.ScaleByScheduleState, optim.PlateauState))
+
+    opt_state = jax.tree.map(
+        lambda new, old: new if is_schedule(new) else old,
+        fresh.opt_state,
+        restored.opt_state,
+        is_leaf=is_schedule,
+    )
+    return restored.replace(step=fresh.step, opt_state=opt_state)
+
+
 # ---------------------------------------------------------------------------------------------
 # Training.
 # ---------------------------------------------------------------------------------------------
@@ -234,6 +260,7 @@ def train_and_evaluate(
     workdir: str,
     *,
     on_validation: Callable[[int, int, dict[str, float]], None] | None = None,
+    evaluate_after: bool = False,
 ) -> dict[str, Any]:
     """Trains (resuming from ``workdir`` if it holds a checkpoint), validates, checkpoints.
 
@@ -243,21 +270,18 @@ def train_and_evaluate(
       on_validation: called as ``on_validation(epoch, step, metrics)`` (1-based epoch, the
         ``val/...`` metrics) right after each validation is written; a sweep reports to its
         scheduler through it.
+      evaluate_after: then evaluate the best checkpoint on ``config.eval.split`` with the same
+        built run (what ``--mode=train`` does; see ``evaluate``), its result under ``"eval"``.
 
     Returns:
       A summary: best metric and step, final step, checkpoint folder, last validation metrics.
     """
     run = _Run(config, workdir, for_training=True)
-    profile = _profile_window(config.train.profile_steps, run.total_steps)  # before any work
+    cadences = hooks.Cadences.from_config(config, run.steps_per_epoch, run.total_steps)
     writer = metric_writer.MetricWriter(run.workdir)
-    if distributed.is_main():
-        with open(os.path.join(run.workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
-        # The resolved preprocessing plan travels with the run: --mode=predict reads it.
-        from medjax.predict import plan as plan_lib
-
-        plan_lib.record_plan(run.task, config, run.workdir)
+    _record_run_files(run)
     # -- state: resume > init_from > fresh --
+    val_hooks = hooks.validation_hooks(config)
     state = run.fresh_state()
     data_state = None
     start_step = 0
@@ -265,8 +289,10 @@ def train_and_evaluate(
     if latest is not None:  # the newest intact checkpoint (damaged ones: warned and skipped)
         latest, state, data_state = run.ckpt.restore_intact(run.abstract_state)
         start_step = int(jax.device_get(state.step))
+        for hook in val_hooks:  # their state beside the metrics of the checkpoint
+            hook.load_state_dict(run.ckpt.metrics(latest))
         logging.info("Resuming from %s at step %d", run.ckpt.directory, start_step)
-        _say(f"medjax: resuming {run.workdir} from step {start_step}")
+        hooks.say(f"medjax: resuming {run.workdir} from step {start_step}")
     elif config.init_from:
         state = _init_from(run, state, config.init_from, config.init_params_only)
     if start_step == 0:
@@ -285,94 +311,64 @@ def train_and_evaluate(
     # (made by a jitted function: device_put cannot reach other processes' devices).
     base_key = jax.jit(lambda: jax.random.key(config.seed + 1), out_shardings=run.repl_sh)()
 
-    best = {"value": None, "step": None}
-    if latest is not None:
-        best_step = run.ckpt.best_step()
-        if (
-            best_step is not None
-            and (m := run.ckpt.metrics(best_step))
-            and config.ckpt.monitor in m
-        ):
-            best = {"value": m[config.ckpt.monitor], "step": best_step}
-    early = _EarlyStopping(config.train.early_stopping)
+    spe, epochs, profile = run.steps_per_epoch, config.train.epochs, cadences.profile
     last_val: dict[str, float] = {}
     step = start_step
     pending: list[dict[str, jax.Array]] = []
     t_log, step_log = time.time(), step
+    t_epoch, step_epoch = t_log, step
     tracing = False
     try:
-        start_epoch = step // run.steps_per_epoch
-        for epoch in range(start_epoch, config.train.epochs):
-            epoch_end = (epoch + 1) * run.steps_per_epoch
-            epoch_start_time, epoch_start_step = time.time(), step
-            # The guard makes every host<->device copy in the hot loop explicit.
+        while step < run.total_steps and not any(getattr(h, "stop", False) for h in val_hooks):
+            # -- one step; the guard makes every host<->device copy in it explicit --
+            if profile and step == profile[0]:
+                jax.profiler.start_trace(os.path.join(run.workdir, "profile"))
+                tracing = True
             with jax.transfer_guard("disallow"):
-                while step < epoch_end:
-                    if profile and step == profile[0]:
-                        jax.profiler.start_trace(os.path.join(run.workdir, "profile"))
-                        tracing = True
-                    batch = next(it)
-                    state, metrics = run.train_step(state, batch, base_key)
-                    pending.append(metrics)
-                    step += 1
-                    if tracing and step == profile[1]:
-                        jax.block_until_ready(state)
-                        jax.profiler.stop_trace()
-                        tracing = False
-                    if step % config.train.log_every_steps == 0 or step == epoch_end:
-                        scalars = _mean_metrics(pending, step)
-                        pending = []
-                        now = time.time()
-                        scalars["steps_per_sec"] = (step - step_log) / max(now - t_log, 1e-9)
-                        scalars["samples_per_sec"] = (
-                            scalars["steps_per_sec"] * config.train.batch_size
-                        )
-                        t_log, step_log = now, step
-                        writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-                        _progress(
-                            epoch,
-                            config.train.epochs,
-                            step - epoch_start_step,
-                            run.steps_per_epoch,
-                            time.time() - epoch_start_time,
-                            scalars["loss"],
-                        )
-            _say("")
-            is_last = epoch + 1 == config.train.epochs
-            if (epoch + 1) % config.train.val_every == 0 or is_last:
-                last_val, _, preds = run.evaluate(
-                    state,
-                    config.data.val_split,
-                    keep_predictions=_wants_images(config, epoch, is_last),
+                state, metrics = run.train_step(state, next(it), base_key)
+            pending.append(metrics)
+            step += 1
+            epoch = (step - 1) // spe  # 0-based epoch of this step
+            if tracing and step == profile[1]:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+                tracing = False
+            # -- periodic actions --
+            if cadences.log(step):
+                scalars = _mean_metrics(pending, step)
+                pending = []
+                now = time.time()
+                scalars["steps_per_sec"] = (step - step_log) / max(now - t_log, 1e-9)
+                scalars["samples_per_sec"] = scalars["steps_per_sec"] * config.train.batch_size
+                t_log, step_log = now, step
+                writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+                hooks.progress(
+                    epoch, epochs, step - step_epoch, spe, now - t_epoch, scalars["loss"]
                 )
-                last_val = {f"val/{k}": v for k, v in last_val.items()}
-                writer.write_scalars(step, last_val)
+            if not cadences.epoch_end(step):
+                continue
+            hooks.say("")
+            if cadences.validate(step):
+                last_val, state = _validate(run, state, step, writer, val_hooks, cadences)
                 if on_validation is not None:
                     on_validation(epoch + 1, step, last_val)
-                if config.schedule.name == "plateau":  # before the save: checkpoints carry it
-                    state = _step_plateau(run, state, last_val)
-                writer.write_images(
-                    step, run.task.images(config.data.val_split, preds, config.log.num_images)
-                )
-                _say(
+                hooks.say(
                     f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_val.items())
                 )
-                mon = last_val.get(config.ckpt.monitor)
-                if mon is not None and (
-                    best["value"] is None or _better(mon, best["value"], config.ckpt.mode)
-                ):
-                    best = {"value": mon, "step": step}
             # The rate the next epoch starts with (after any plateau reduction), once per epoch.
             lr_epoch = optim.effective_lr(run.schedule, state.opt_state, step)
             writer.write_scalars(step, {"train/lr_epoch": lr_epoch})
-            if (epoch + 1) % config.ckpt.every_epochs == 0 or is_last:
-                run.ckpt.save(step, state, it.get_state(), metrics=last_val or None)
+            stop = any(getattr(h, "stop", False) for h in val_hooks)
+            if cadences.checkpoint(step) or stop:
+                saved = {**last_val}
+                for hook in val_hooks:
+                    saved.update(hook.state_dict())
+                run.ckpt.save(step, state, it.get_state(), metrics=saved or None)
             writer.flush()
-            if early.should_stop(last_val):
-                _say(f"medjax: early stopping after epoch {epoch + 1}")
-                if not (epoch + 1) % config.ckpt.every_epochs == 0:
-                    run.ckpt.save(step, state, it.get_state(), metrics=last_val or None)
+            if stop:
+                hooks.say(f"medjax: early stopping after epoch {epoch + 1}")
                 break
+            t_epoch, step_epoch = time.time(), step
     except BaseException:
         run.ckpt.close()  # waits for pending saves: the last good checkpoint stays whole
         raise
@@ -382,56 +378,60 @@ def train_and_evaluate(
         it.close()
         writer.close()
     run.ckpt.wait()
+    # The best step as --mode=eval picks it (the checkpointer's rule, ties included).
+    best_step = run.ckpt.best_step()
+    best_metrics = run.ckpt.metrics(best_step) if best_step is not None else None
+    best_value = (best_metrics or {}).get(config.ckpt.monitor)
     summary = {
         "workdir": run.workdir,
         "final_step": step,
         "best_metric": config.ckpt.monitor,
-        "best_value": best["value"],
-        "best_step": best["step"],
+        "best_value": best_value,
+        "best_step": best_step if best_value is not None else None,
         "checkpoints": run.ckpt.directory,
         "baseline": baseline,
         **last_val,
     }
-    run.ckpt.close()
     _print_summary(summary)
+    try:
+        if evaluate_after:
+            summary["eval"] = _evaluate_run(run)
+    finally:
+        run.ckpt.close()
     return summary
 
 
-def _profile_window(steps: Any, total_steps: int) -> tuple[int, ...]:
-    """``train.profile_steps`` as ``(start, stop)`` steps to trace, or ``()`` for none."""
-    window = tuple(steps or ())
-    if window and not (
-        len(window) == 2
-        and all(isinstance(s, int) for s in window)
-        and 0 <= window[0] < window[1] <= total_steps
-    ):
-        raise errors.ConfigError(
-            f"train.profile_steps={window}: expected (start, stop) steps with "
-            f"0 <= start < stop <= {total_steps} (the run's last step), or () for none."
-        )
-    return window
+def _record_run_files(run: _Run) -> None:
+    """Files that describe the run in its workdir (main process): ``config.json`` and the
+    resolved preprocessing plan (``plan.json``, which ``--mode=predict`` reads)."""
+    if distributed.is_main():
+        with open(os.path.join(run.workdir, "config.json"), "w") as f:
+            f.write(run.config.to_json_best_effort(indent=1))
+        from medjax.predict import plan as plan_lib
+
+        plan_lib.record_plan(run.task, run.config, run.workdir)
 
 
-def _step_plateau(run: _Run, state: state_lib.TrainState, val_metrics: dict[str, float]):
-    """Feeds one validation to the reduce-on-plateau tracker in the optimiser state.
+def _validate(
+    run: _Run,
+    state: state_lib.TrainState,
+    step: int,
+    writer: metric_writer.MetricWriter,
+    val_hooks: list,
+    cadences: hooks.Cadences,
+) -> tuple[dict[str, float], state_lib.TrainState]:
+    """Evaluates the validation split, logs it, feeds the hooks (plateau may change the state).
 
-    The tracker is four replicated scalars: it is fetched, stepped on the host by the pure
-    ``optim.update_plateau`` and put back with the same sharding (outside the step loop).
+    Returns the ``val/...`` metrics and the state.
     """
-    cfg = run.config.schedule.plateau
-    if cfg.monitor not in val_metrics:
-        raise errors.ConfigError(
-            f"schedule.plateau.monitor={cfg.monitor!r} is not a validation metric; "
-            f"these are: {sorted(val_metrics)}."
-        )
-    old = optim.plateau_tracker(state.opt_state)
-    new = optim.update_plateau(
-        jax.device_get(old), val_metrics[cfg.monitor], cfg, run.config.optim.lr
-    )
-    new = optim.PlateauState(
-        *(distributed.global_from_host(n, o.sharding) for n, o in zip(new, old, strict=True))
-    )
-    return state.replace(opt_state=optim.replace_plateau_tracker(state.opt_state, new))
+    config = run.config
+    result = run.evaluate(state, config.data.val_split, keep_predictions=cadences.images(step))
+    val = {f"val/{k}": v for k, v in result.metrics.items()}
+    writer.write_scalars(step, val)
+    for hook in val_hooks:  # before the save: checkpoints carry their state
+        state = hook(state, val)
+    writer.write_images(step, run.task.images(config.data.val_split, result, config.log.num_images))
+    return val, state
 
 
 def _mean_metrics(pending: list[dict[str, jax.Array]], step: int) -> dict[str, float]:
@@ -444,57 +444,6 @@ def _mean_metrics(pending: list[dict[str, jax.Array]], step: int) -> dict[str, f
                 f"enable optim.grad_clip_norm, or check the data. The last good checkpoint is kept."
             )
     return out
-
-
-def _better(value: float, ref: float, mode: str) -> bool:
-    return value > ref if mode == "max" else value < ref
-
-
-def _wants_images(config: ml_collections.ConfigDict, epoch: int, is_last: bool) -> bool:
-    every = config.log.images_every
-    return bool(config.log.num_images) and every > 0 and ((epoch + 1) % every == 0 or is_last)
-
-
-class _EarlyStopping:
-    """Stops when ``monitor`` has not improved by ``min_delta`` for ``patience`` validations."""
-
-    def __init__(self, cfg: ml_collections.ConfigDict):
-        self.monitor, self.mode = cfg.monitor, cfg.mode
-        self.patience, self.min_delta = cfg.patience, cfg.min_delta
-        self.best: float | None = None
-        self.bad = 0
-
-    def should_stop(self, metrics: dict[str, float]) -> bool:
-        if not self.monitor or not self.patience or self.monitor not in metrics:
-            return False
-        value = metrics[self.monitor]
-        sign = 1.0 if self.mode == "max" else -1.0
-        if self.best is None or sign * (value - self.best) > self.min_delta:
-            self.best, self.bad = value, 0
-            return False
-        self.bad += 1
-        return self.bad >= self.patience
-
-
-def _say(message: str) -> None:
-    """Progress for the user: printed by the main process only."""
-    if distributed.is_main():
-        print(message, file=sys.stderr)
-
-
-def _progress(epoch: int, epochs: int, done: int, total: int, elapsed: float, loss: float) -> None:
-    if not distributed.is_main():
-        return
-    rate = done / max(elapsed, 1e-9)
-    eta = (total - done) / max(rate, 1e-9)
-    bar = "#" * int(20 * done / total) + "." * (20 - int(20 * done / total))
-    print(
-        f"\repoch {epoch + 1}/{epochs} [{bar}] {done}/{total} {rate:.2f} steps/s "
-        f"ETA {eta:.0f}s loss {loss:.4f}",
-        end="",
-        file=sys.stderr,
-        flush=True,
-    )
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -531,14 +480,22 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     size and geometry when the preprocessing props allow inverting it).
     """
     run = _Run(config, workdir, for_training=False)
+    try:
+        return _evaluate_run(run)
+    finally:
+        run.ckpt.close()
+
+
+def _evaluate_run(run: _Run) -> dict[str, Any]:
+    """``evaluate`` on an already built run (a finished training run reuses its own)."""
+    config = run.config
     if config.eval.step < 0:  # the best intact checkpoint (damaged ones: warned and skipped)
         step, state, _ = run.ckpt.restore_intact(run.abstract_state, prefer="best")
     else:
         step, (state, _) = config.eval.step, run.ckpt.restore(config.eval.step, run.abstract_state)
     split = config.eval.split
-    metrics, per_case, preds = run.evaluate(
-        state, split, keep_predictions=config.eval.write_predictions
-    )
+    result = run.evaluate(state, split, keep_predictions=config.eval.write_predictions)
+    metrics, per_case = result.metrics, result.per_case
     out_dir = os.path.join(run.workdir, "eval", f"{split}-step{step}")
     # Every process computed the same metrics (outputs are all-gathered); one writes them.
     if distributed.is_main():
@@ -549,14 +506,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             w = csv.DictWriter(f, fieldnames=list(per_case[0]))
             w.writeheader()
             w.writerows(per_case)
-        run.task.write_outputs(split, preds, per_case, out_dir)
+        run.task.write_outputs(split, result, out_dir)
     writer = metric_writer.MetricWriter(run.workdir)
     writer.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()})
     writer.close()
-    run.ckpt.close()
-    _say(
+    hooks.say(
         f"medjax: {split} metrics of step {step}: "
         + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     )
-    _say(f"medjax: wrote {out_dir}")
+    hooks.say(f"medjax: wrote {out_dir}")
     return {"step": step, "dir": out_dir, **metrics}

@@ -10,6 +10,7 @@ import pytest
 
 from medjax import registry
 from medjax.data import sources, store
+from medjax.evaluate import runner
 from medjax.evaluate import segmentation as seg_eval
 from medjax.evaluate import sliding_window as sw
 from medjax.metrics import surface
@@ -79,16 +80,26 @@ def _evaluate(state, source, mirror_axes, mesh):
     loss = registry.lookup("losses", "dice_ce")
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     fn = jax.jit(step_lib.make_eval_step(loss, mirror_axes=mirror_axes))
-    return seg_eval.evaluate_split(
-        fn,
+
+    class _Task:  # the evaluation runner needs only a task's ``evaluation``
+        def evaluation(self, split, *, keep_predictions=False):
+            return seg_eval.SplitEvaluation(
+                source,
+                keep_predictions=keep_predictions,
+                spacings=SPACINGS,
+                num_classes=1,
+            )
+
+    result = runner.evaluate(
+        _Task(),
+        {"step": fn},
         state,
-        source,
+        "val",
+        batch_sharding=sharding,
         batch_size=4,
-        sharding=sharding,
         keep_predictions=True,
-        spacings=SPACINGS,
-        num_classes=1,
     )
+    return result.metrics, result.per_case, result.predictions
 
 
 def test_whole_image_path_applies_mirroring_and_surface_metrics(tmp_path):

@@ -126,7 +126,8 @@ def test_3d_volumes_evaluate(tmp_path):
     assert run.task.input_shape() == (1, 8, 8, 8, 1) and run.task.class_names == ["bright", "dark"]
     batch = next(iter(run.task.train_dataset(global_batch_size=8, seed=0)))
     assert batch["image"].shape == (8, 8, 8, 8, 1) and batch["label"].dtype == np.int32
-    metrics, per_case, _ = run.evaluate(run.fresh_state(), "val")
+    result = run.evaluate(run.fresh_state(), "val")
+    metrics, per_case = result.metrics, result.per_case
     run.ckpt.close()
     assert len(per_case) == metrics["num_examples"] == len(run.task.labels("val")) > 0
     # A fresh ViT's head is zero: every probability is one half.

@@ -8,7 +8,7 @@ import pytest
 
 from configs import common
 from medjax import errors
-from medjax.train import loop, optim
+from medjax.train import hooks, optim
 
 
 def _config(**schedule):
@@ -45,13 +45,13 @@ def test_step_schedule_and_missing_interval():
 def test_early_stopping_stops_at_the_right_epoch():
     cfg = common.base_config().train.early_stopping
     cfg.monitor, cfg.mode, cfg.patience, cfg.min_delta = "val/dice", "max", 2, 0.01
-    stopper = loop._EarlyStopping(cfg)
+    stopper = hooks.EarlyStopping(cfg)
     # Improves until epoch 3 (0.6); 0.605 is within min_delta; epoch 5 is the 2nd bad epoch.
     sequence = [0.3, 0.5, 0.6, 0.605, 0.59, 0.9]
     stops = [stopper.should_stop({"val/dice": v}) for v in sequence]
     assert stops.index(True) == 4
     cfg.mode = "min"
-    stopper = loop._EarlyStopping(cfg)
+    stopper = hooks.EarlyStopping(cfg)
     assert [stopper.should_stop({"val/dice": v}) for v in (1.0, 0.5, 0.6, 0.7)] == [
         False,
         False,

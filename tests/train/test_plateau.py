@@ -4,7 +4,6 @@ update as data, and a short run that resumes mid-plateau and logs the effective 
 import json
 import math
 import os
-import types
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +14,7 @@ from configs import common
 from medjax import errors
 from medjax.testing import configs
 from medjax.train import checkpoint as ckpt_lib
-from medjax.train import loop, optim
+from medjax.train import hooks, loop, optim
 
 
 class TorchReduceLROnPlateau:
@@ -136,9 +135,8 @@ def test_bad_plateau_config_names_the_key():
     with pytest.raises(errors.ConfigError, match=r"schedule\.plateau\.mode"):
         optim.make_optimizer(c, 10)
     c.schedule.plateau.mode = "min"
-    run = types.SimpleNamespace(config=c)
     with pytest.raises(errors.ConfigError, match=r"schedule\.plateau\.monitor.*val/dice"):
-        loop._step_plateau(run, None, {"val/dice": 0.5})
+        hooks.Plateau(c)(None, {"val/dice": 0.5})
 
 
 def _plateau_run_config(epochs):

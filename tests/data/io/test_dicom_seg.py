@@ -26,6 +26,7 @@ from medjax.data import store
 from medjax.data.io import dicom, dicom_seg
 from medjax.data.io import volume as volume_lib
 from medjax.tasks import segmentation as seg_task
+from medjax.tasks.base import EvalResult
 
 hd = pytest.importorskip("highdicom")
 
@@ -286,7 +287,7 @@ def test_write_outputs_writes_seg_beside_nifti_for_dicom_cases(tmp_path):
             pred[k, 1 + k : 3 + k, 2:5] = 1
             pred[k, 5:7, k : k + 2] = 2
         predictions[index] = pred
-    task.write_outputs("test", predictions, [], str(tmp_path / "eval"))
+    task.write_outputs("test", EvalResult(predictions=predictions), str(tmp_path / "eval"))
 
     out_dir = tmp_path / "eval" / "predictions"
     for entry in entries:
@@ -310,11 +311,11 @@ def test_write_outputs_writes_seg_beside_nifti_for_dicom_cases(tmp_path):
     for f in out_dir.glob("*.seg.dcm"):
         f.unlink()
     config.eval.write_dicom_seg = False
-    task.write_outputs("test", predictions, [], str(tmp_path / "eval"))
+    task.write_outputs("test", EvalResult(predictions=predictions), str(tmp_path / "eval"))
     assert not list(out_dir.glob("*.seg.dcm"))
     config.eval.write_dicom_seg = True
     shutil.rmtree(root)
-    task.write_outputs("test", predictions, [], str(tmp_path / "eval"))
+    task.write_outputs("test", EvalResult(predictions=predictions), str(tmp_path / "eval"))
     assert not list(out_dir.glob("*.seg.dcm"))
     report = (out_dir / "dicom_seg_skipped.txt").read_text().splitlines()
     assert sorted(line.split("\t")[0] for line in report) == sorted(e["id"] for e in entries)
