@@ -18,6 +18,7 @@ import numpy as np
 from medjax import errors, registry
 from medjax.data import pipeline
 from medjax.evaluate import segmentation as seg_eval
+from medjax.models import spec as model_spec
 from medjax.train import step as step_lib
 
 
@@ -87,7 +88,7 @@ class SegmentationTask:
         spacings = [
             tuple(e["props"].get("spacing_mm", (1.0,) * len(self.patch_size))) for e in entries
         ]
-        num_classes = self.config.model.kwargs.get("out_channels", 1)
+        num_classes = model_spec.num_classes(self.config)
         return seg_eval.evaluate_volumes(
             fns["logits"],
             state,
@@ -153,7 +154,7 @@ class SegmentationTask:
                         entry,
                         out_dir,
                         model_name=self.config.model.name,
-                        num_classes=self.config.model.kwargs.get("out_channels", 1),
+                        num_classes=model_spec.num_classes(self.config),
                     )
 
 
