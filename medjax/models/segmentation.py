@@ -46,7 +46,9 @@ def level_features(features: int | Sequence[int], depth: int, max_features: int 
         return tuple(min(features * 2**i, max_features) for i in range(depth))
     features = tuple(int(f) for f in features)
     if len(features) != depth:
-        raise errors.ConfigError(f"model.features has {len(features)} levels but depth={depth}.")
+        raise errors.ConfigError(
+            f"model.kwargs.features has {len(features)} levels but depth={depth}."
+        )
     return features
 
 
