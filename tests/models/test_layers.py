@@ -138,11 +138,8 @@ def test_conv_norm_act_impls_share_parameters_and_outputs(nd):
     assert trees["xla"] == trees["im2col"]
     kernel = trees["xla"]["params"]["ConvNormAct_0"]["Conv_0"]["kernel"]
     assert kernel == (*(3,) * nd, 2, 4)
-    # Two float32 algorithms sum in different orders (and differently per CPU vendor): the
-    # tolerance scales with each gradient's magnitude (up to ~7 here), not a fixed 1e-5.
     for a, b in zip(jax.tree.leaves(outs["xla"]), jax.tree.leaves(outs["im2col"]), strict=True):
-        scale = float(np.max(np.abs(np.asarray(a, np.float64))))
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_auto_picks_depth2d_for_3d_on_cpu_only():
