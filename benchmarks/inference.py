@@ -103,14 +103,14 @@ def run(
     import jax
     import jax.numpy as jnp
 
-    from medjax import registry
     from medjax.evaluate import sliding_window
+    from medjax.models import spec as model_spec
     from medjax.testing import configs as configs_lib
 
     config = configs_lib.load_config("unet3d")
     shape = CT_SHAPE if ct else tuple(shape)
     tile = tuple(tile or config.data.patch_size)
-    model = registry.lookup("models", config.model.name, **config.model.kwargs.to_dict())
+    model = model_spec.build(config)
     dtype = jnp.dtype(precision)
     variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *tile, 1)), train=False))(
         jax.random.key(0)
@@ -134,7 +134,7 @@ def run(
             predict,
             image,
             tile_size=tile,
-            num_classes=config.model.kwargs.out_channels,
+            num_classes=model_spec.num_classes(config),
             step_fraction=step,
             batch_size=batch,
             blend=blend,
@@ -143,7 +143,7 @@ def run(
     sides = {f"medjax blend={b}": medjax_side(b) for b in blends}
     params = {}
     if peer:
-        k = config.model.kwargs.out_channels
+        k = model_spec.num_classes(config)
         sides["monai"], params["monai"] = _monai_peer(image, tile, batch, overlap, k)
     for fn in sides.values():
         fn()  # warm-up: the blend programs compile per padded shape, torch sets up its kernels

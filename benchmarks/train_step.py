@@ -26,6 +26,7 @@ from ml_collections import config_flags  # noqa: E402
 from medjax import registry  # noqa: E402
 from medjax.augment import compose  # noqa: E402
 from medjax.data import pipeline  # noqa: E402
+from medjax.models import spec as model_spec  # noqa: E402
 from medjax.train import loop, optim  # noqa: E402
 from medjax.train import mesh as mesh_lib  # noqa: E402
 from medjax.train import state as state_lib  # noqa: E402
@@ -58,7 +59,7 @@ def main(argv):
     mesh = mesh_lib.make_mesh(config.mesh)
     batch_sh, repl = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
     bs = config.train.batch_size
-    channels = config.model.kwargs.get("in_channels", 1)
+    channels = model_spec.in_channels(config)
     spatial = config.data.luna.cutout_size_vox if config.task == "luna" else config.data.patch_size
     shape = (bs, *spatial, channels)
     model = loop.build_model(config)

@@ -82,6 +82,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "unet"
+    # The options every model shares (medjax/models/spec.py passes them to the factory); the
+    # model's own options go in model.kwargs.
+    c.model.in_channels = 1  # input channels C (checked against the data)
+    c.model.num_classes = 1  # logits K: 1 = binary with a sigmoid; K > 1 = softmax over K
+    c.model.deep_supervision = False  # segmentation: also train on coarser outputs
     c.model.kwargs = ml_collections.ConfigDict()
     # How "auto" convolutions are computed: "auto" (XLA's convolution on GPU/TPU and for 2D on
     # the CPU; depth2d / im2col for 3D on the CPU, measured faster there), or force one of

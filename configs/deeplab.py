@@ -20,16 +20,15 @@ def get_config(arg: str | None = None):
     args = config_lib.parse_arg(arg, variant="default", tiny=False, full=False)
     c = unet_config.get_config(arg)
     c.model.name = "deeplab"
+    c.model.in_channels = 1
+    c.model.num_classes = 1
     c.model.kwargs = {
-        "in_channels": 1,
-        "out_channels": 1,
         "resnet_depth": 18,
         "features": 16,
         "output_stride": 8,
         "aspp_features": 64,
         "low_level_features": 48,
         "use_batch_norm": True,
-        "last_activation": "sigmoid",
     }
     if args.full or args.variant == "full":
         c.model.kwargs.features = 64

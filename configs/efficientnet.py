@@ -29,9 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     tiny = args.tiny or args.variant == "tiny"
     c = resnet.get_config(arg)
     c.model.name = "efficientnet"
+    c.model.in_channels = 1
+    c.model.num_classes = 2
     c.model.kwargs = {
-        "num_classes": 2,
-        "in_channels": 1,
         "variant": "b0",
         "width_scale": 0.25,
         # Group norm: batch norm's running statistics (momentum 0.99) lagged the weights so

@@ -33,7 +33,9 @@ def get_config(arg: str | None = None):
     c.data.val_fraction = 0.25
     c.data.num_workers = 2
     c.model.name = "luna"
-    c.model.kwargs = {"num_classes": 2, "in_channels": 1, "channels": 8}
+    c.model.in_channels = 1
+    c.model.num_classes = 2
+    c.model.kwargs = {"channels": 8}
     c.loss.name = "ce"
     c.loss.kwargs = {}
     # The seed's cutout augmentation: flips, +-0.1 offset, +-0.2 per-axis scale, in-plane

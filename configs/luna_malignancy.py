@@ -17,7 +17,7 @@ def get_config(arg: str | None = None):
     args = config_lib.parse_arg(arg, variant="default", tiny=False, classes=2)
     c = luna.get_config("tiny" if args.tiny or args.variant == "tiny" else None)
     c.data.luna.label_mode = "malignancy2" if args.classes == 2 else "malignancy3"
-    c.model.kwargs.num_classes = args.classes
+    c.model.num_classes = args.classes
     c.data.luna.epoch_length = c.data.luna.epoch_length // 4 or 8
     # Fine-tune the last two conv blocks and the head; freeze the input norm and blocks 1-2.
     c.optim.freeze = r"^(tail_batchnorm|block1|block2)/"

@@ -12,7 +12,7 @@ Default (ResNet-18 at width 16, ImageNet stem, batch norm, 15 epochs of 14 steps
   0.63 after 6 epochs), against a Zero-Rule accuracy of 0.46. Generating the 600 slices and
   preprocessing them adds a few seconds.
 Your own folder: ``--config.data.root=/path/to/folder`` and
-``--config.data.crawler_kwargs.class_names='("a", "b", "c")' --config.model.kwargs.num_classes=3``
+``--config.data.crawler_kwargs.class_names='("a", "b", "c")' --config.model.num_classes=3``
 (or empty ``class_names``: the sorted folder names).
 
 LUNA16 nodule classification (task=luna: 3D cutouts of the built-in LUNA-format CT, balanced
@@ -39,9 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.name = "resnet"
         # small_input: a 3x3 stride-1 stem, since the ImageNet stem would shrink a 16x32x32
         # cutout 4x before the first stage.
+        c.model.in_channels = 1
+        c.model.num_classes = 2
         c.model.kwargs = {
-            "num_classes": 2,
-            "in_channels": 1,
             "depth": 18,
             "width": 4 if tiny else 8,
             "small_input": True,
@@ -49,7 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         return c
     c = spine_classification(tiny)
     c.model.name = "resnet"
-    c.model.kwargs = {"num_classes": 2, "in_channels": 1, "depth": 18, "width": 16}
+    c.model.in_channels = 1
+    c.model.num_classes = 2
+    c.model.kwargs = {"depth": 18, "width": 16}
     if tiny:
         c.model.kwargs.width = 4
     return c

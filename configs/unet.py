@@ -26,14 +26,9 @@ def get_config(arg: str | None = None):
     c.data.preprocess.normalization = {"name": "zscore"}
     c.data.patch_size = (64, 64)
     c.model.name = "unet"
-    c.model.kwargs = {
-        "in_channels": 1,
-        "out_channels": 1,
-        "depth": 4,
-        "features": 16,
-        "use_batch_norm": True,
-        "last_activation": "sigmoid",
-    }
+    c.model.in_channels = 1
+    c.model.num_classes = 1
+    c.model.kwargs = {"depth": 4, "features": 16, "use_batch_norm": True}
     c.loss.name = "dice_ce"
     c.loss.kwargs = {"dice_weight": 1.0, "ce_weight": 1.0}
     c.augment = ["brightness_contrast(p=0.5, brightness_limit=0.2, contrast_limit=0.2)"]

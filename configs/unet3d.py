@@ -56,13 +56,12 @@ def get_config(arg: str | None = None):
     c.data.num_workers = 0  # a whole-volume patch is a memory-mapped read: workers cost more
     c.data.preprocess_workers = 2
     c.model.name = "unet"
+    c.model.in_channels = 1
+    c.model.num_classes = 1
     c.model.kwargs = {
-        "in_channels": 1,
-        "out_channels": 1,
         "depth": 4,
         "features": 16,
         "norm": "instance",  # small 3D batches: batch statistics would be noisy
-        "last_activation": "sigmoid",
     }
     c.loss.name = "dice_ce"
     c.loss.kwargs = {"dice_weight": 1.0, "ce_weight": 1.0}
@@ -107,7 +106,7 @@ def get_config(arg: str | None = None):
         c.data.num_workers = 4
         c.model.kwargs.features = 32
         c.model.kwargs.depth = 4
-        c.model.kwargs.deep_supervision = True
+        c.model.deep_supervision = True
         c.augment = list(c.augment) + ["elastic(p=0.2, alpha=(0.0, 4.0), sigma=(4.0, 6.0))"]
         c.optim.lr = 1e-3
         c.train.batch_size = 8

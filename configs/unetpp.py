@@ -5,7 +5,7 @@ dense skips. Default (built-in synthetic sagittal T2w slices, 64x64):
     python launch.py --config=configs/unetpp.py
   slower than ``configs/unet.py``: depth 4 adds six nested conv blocks at full-size levels.
 
-Deep supervision (``--config.model.kwargs.deep_supervision=True``) is off by default. Its
+Deep supervision (``--config.model.deep_supervision=True``) is off by default. Its
 ``depth - 1`` outputs are all full resolution, so this config sets equal
 ``loss.deep_supervision_weights`` (the paper averages the heads' losses; nnU-Net's default,
 made for outputs of falling resolution, would give the shallowest one, X^{0,1}, weight 0).

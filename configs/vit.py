@@ -28,9 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     luna = args.luna or args.variant == "luna"
     c = resnet.get_config(arg)
     c.model.name = "vit"
+    c.model.in_channels = 1
+    c.model.num_classes = 2
     c.model.kwargs = {
-        "num_classes": 2,
-        "in_channels": 1,
         "patch_size": ((4, 4, 4) if tiny else (4, 8, 8)) if luna else (8, 8),
         "width": 96,
         "depth": 6,

@@ -1,4 +1,4 @@
-"""Config helpers: typed parsing of the ``get_config(arg)`` string and duration resolution."""
+"""Config helpers: typed parsing of the ``get_config(arg)`` string."""
 
 from __future__ import annotations
 
@@ -52,28 +52,3 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
                 f"Config argument {key}={value!r} is not a {type(default).__name__}."
             ) from e
     return ml_collections.ConfigDict(result)
-
-
-def steps(
-    prefix: str, section: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int
-) -> int:
-    """Resolves ``<prefix>_steps | _epochs | _percent`` in ``section`` to a number of steps.
-
-    Exactly one of the three may be set (non-None); none set gives 0.
-    """
-    set_keys = [
-        k
-        for k in (f"{prefix}_steps", f"{prefix}_epochs", f"{prefix}_percent")
-        if k in section and section[k] is not None
-    ]
-    if len(set_keys) > 1:
-        raise errors.ConfigError(f"Set only one of {set_keys} in the config.")
-    if not set_keys:
-        return 0
-    key = set_keys[0]
-    value = section[key]
-    if key.endswith("_steps"):
-        return int(value)
-    if key.endswith("_epochs"):
-        return int(round(value * steps_per_epoch))
-    return int(round(value * total_steps))

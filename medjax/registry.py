@@ -1,7 +1,8 @@
 """The single name -> factory registry.
 
 Every component a config names by string (models, losses, augmentations, host transforms,
-metrics, evaluators, crawlers, data sources) is registered here under ``"<namespace>.<name>"``.
+metrics, crawlers, schedules, optimizers, synthetic datasets, tasks) is registered here under
+``"<namespace>.<name>"``.
 Registered items are factories: ``get_x(**kwargs) -> callable``.
 
 ``lookup`` accepts ``"name"`` or ``"name(k=v, ...)"``; the argument string is parsed with
@@ -28,9 +29,7 @@ _NAMESPACE_PACKAGES = {
     "augment": "medjax.augment",
     "transforms": "medjax.data.transforms",
     "metrics": "medjax.metrics",
-    "evaluators": "medjax.evaluate",
     "crawlers": "medjax.data.crawlers",
-    "sources": "medjax.data.sources",
     "schedules": "medjax.train.optim",
     "optimizers": "medjax.train.optim",
     "synthetic": "medjax.data.synthetic",

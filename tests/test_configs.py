@@ -82,4 +82,4 @@ def test_luna_variant_builds_a_3d_model_for_the_cutouts(name, arg):
     # Shapes only (nothing compiles): the 3D kernels themselves are tested in tests/models.
     variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
     logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
-    assert logits.shape == (2, config.model.kwargs.num_classes)
+    assert logits.shape == (2, config.model.num_classes)

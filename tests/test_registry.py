@@ -45,7 +45,7 @@ def test_bad_config_kwargs_name_the_key_and_the_accepted_keywords(namespace, nam
 
 
 def test_unet_error_lists_its_keywords_and_good_ones_still_build():
-    with pytest.raises(errors.ConfigError, match=r"accepts: .*in_channels.*out_channels.*depth"):
+    with pytest.raises(errors.ConfigError, match=r"accepts: .*in_channels.*num_classes.*depth"):
         registry.lookup("models", "unet", dept=2)
     assert registry.lookup("models", "unet", depth=2).features == (16, 32)
 

@@ -21,10 +21,7 @@ import numpy as np
 from absl import flags
 
 from medjax import errors, registry
-from medjax.data import case_ids, progress, sources, store, synthetic, transforms
-from medjax.data.luna import sources as luna_sources
-
-_EPOCHS_AHEAD = 1_000_000  # BalancedIndices is "endless": this many epochs
+from medjax.data import case_ids, progress, sampling, sources, store, synthetic, transforms
 
 
 @dataclasses.dataclass
@@ -221,43 +218,6 @@ def make_train_dataset(
     return ds
 
 
-class BalancedIndices:
-    """Endless class-balanced epochs as a random-access sequence: position -> source index.
-
-    Epoch ``e`` (positions ``[e * epoch_length, (e + 1) * epoch_length)``) is
-    ``luna.sources.balanced_epoch_indices(labels, ratio, epoch_length, seed, e)``: a fixed class
-    ratio, small classes repeated and large ones cycled through across epochs. Being a pure
-    function of the position, it is a Grain ``MapDataset`` source whose iterator state is the
-    position alone (checkpointable, identical on 1 or N processes).
-    """
-
-    def __init__(
-        self, labels: np.ndarray, ratio: tuple[int, ...], epoch_length: int, seed: int
-    ) -> None:
-        self.labels = np.asarray(labels)
-        self.ratio = tuple(int(r) for r in ratio)
-        self.epoch_length, self.seed = int(epoch_length), int(seed)
-        self._cache: dict[int, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return self.epoch_length * _EPOCHS_AHEAD
-
-    def __getitem__(self, position: int) -> int:
-        epoch, offset = divmod(int(position), self.epoch_length)
-        if epoch not in self._cache:
-            # One epoch cached: reads walk the positions in order within each worker.
-            self._cache = {
-                epoch: luna_sources.balanced_epoch_indices(
-                    self.labels,
-                    ratio=self.ratio,
-                    epoch_length=self.epoch_length,
-                    seed=self.seed,
-                    epoch=epoch,
-                )
-            }
-        return int(self._cache[epoch][offset])
-
-
 class _ProcessRows:
     """Global batch of source indices -> ``load`` of this process's rows of it."""
 
@@ -283,7 +243,8 @@ def make_sample_dataset(
     """An endless, seeded dataset of whole samples (classification), one label each.
 
     Order: with ``ratio`` empty, every epoch is a fresh shuffle of all samples; otherwise
-    epochs of ``epoch_length`` samples at the class ratio ``ratio`` (``BalancedIndices``).
+    epochs of ``epoch_length`` samples at the class ratio ``ratio``
+    (``sampling.BalancedIndices``).
     Then global batches of indices, of which each process loads its rows with ``load``.
 
     Args:
@@ -292,7 +253,7 @@ def make_sample_dataset(
       global_batch_size: rows per global batch (divisible by the process count).
       seed: the data seed.
       num_workers: Grain worker processes (0: in-process).
-      ratio: class ratio per epoch (see ``balanced_epoch_indices``), or empty.
+      ratio: class ratio per epoch (see ``sampling.balanced_epoch_indices``), or empty.
       epoch_length: samples per balanced epoch (0: ``len(labels)``).
       read_threads, prefetch_batches: per process, see ``read_options``.
 
@@ -306,7 +267,7 @@ def make_sample_dataset(
         )
     per_proc = global_batch_size // n_proc
     if ratio:
-        indices = BalancedIndices(labels, ratio, epoch_length or len(labels), seed)
+        indices = sampling.BalancedIndices(labels, ratio, epoch_length or len(labels), seed)
         ds = grain.MapDataset.source(indices)
     else:
         ds = grain.MapDataset.range(len(labels)).seed(seed).shuffle().repeat()

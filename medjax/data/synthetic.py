@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -232,11 +231,6 @@ def make_spine2d_cls(
             Image.fromarray(np.round(image * 255).astype(np.uint8)).save(
                 os.path.join(root, name, f"case_{i:04d}.png")
             )
-
-
-def generators() -> dict[str, Callable[..., None]]:
-    """The registered generator names (for error messages and docs)."""
-    return {n: registry.get(f"synthetic.{n}") for n in registry.names("synthetic")}
 
 
 # Other built-in generators register themselves on import (after ``ensure_dataset`` exists).

@@ -5,9 +5,6 @@ encoder features of one level by coefficients in (0, 1) computed from those feat
 gating signal taken from the next coarser decoder level. One module serves both ranks; the input
 decides: ``[B, H, W, C]`` or ``[B, D, H, W, C]``. Spatial sizes must be divisible by
 ``2**(depth-1)``, as for ``unet.UNet``.
-
-Also home of the two checks the segmentation zoo shares (``check_input``, ``resolve_norm``), so
-that ``unetpp`` and ``deeplab`` validate their knobs exactly as this factory does.
 """
 
 from __future__ import annotations
@@ -20,56 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from medjax import errors, registry
-from medjax.models import layers, unet
-
-
-def check_input(x: jax.Array, divisor: int, model: str) -> None:
-    """Raises ConfigError unless ``x`` is ``[B, *spatial, C]`` with spatial sizes % divisor == 0.
-
-    Args:
-      x: the model input, ``[B, H, W, C]`` or ``[B, D, H, W, C]``.
-      divisor: every spatial size must be a multiple of it (1: any size).
-      model: the model's name, for the message.
-    """
-    if x.ndim not in (4, 5):
-        raise errors.ConfigError(
-            f"{model} input must be [B, H, W, C] or [B, D, H, W, C], got {x.shape}."
-        )
-    if any(s % divisor for s in x.shape[1:-1]):
-        raise errors.ConfigError(
-            f"{model} needs spatial sizes divisible by {divisor}, got {x.shape[1:-1]}; "
-            f"choose data.patch_size accordingly."
-        )
-
-
-def resolve_norm(norm: str, use_batch_norm: bool | None, last_activation: str) -> str:
-    """The seed's ``use_batch_norm`` switch wins over ``norm``; both names are validated.
-
-    Args:
-      norm: ``batch`` | ``instance`` | ``group`` | ``none``.
-      use_batch_norm: None keeps ``norm``; True -> ``batch``; False -> ``none``.
-      last_activation: ``sigmoid`` | ``softmax`` | ``none`` (how predictions read the logits).
-
-    Returns:
-      The norm name to build.
-
-    Raises:
-      ConfigError: an unknown norm or activation name.
-    """
-    if use_batch_norm is not None:
-        norm = "batch" if use_batch_norm else "none"
-    if norm not in layers.NORMS:
-        raise errors.ConfigError(f"model.kwargs.norm={norm!r}; expected one of {layers.NORMS}.")
-    if last_activation not in unet.ACTIVATIONS:
-        raise errors.ConfigError(
-            f"model.kwargs.last_activation={last_activation!r}; expected one of {unet.ACTIVATIONS}."
-        )
-    return norm
-
-
-def head(out_channels: int, dtype: Any, name: str) -> nn.Module:
-    """The 1x1 conv that turns features into logits (cast to float32 by the caller)."""
-    return nn.Dense(out_channels, dtype=dtype, name=name)
+from medjax.models import layers, segmentation
 
 
 class AttentionGate(nn.Module):
@@ -132,6 +80,7 @@ class AttentionUNet(nn.Module):
         (finest first), as ``unet.UNet`` does.
       remat: rematerialise each level's block in the backward pass.
       dtype: compute dtype; None follows inputs and parameters.
+      conv_impl: formulation of the blocks' convolutions (``layers``); same parameters.
 
     Returns logits ``float32[B, *spatial, K]`` (a list of them with deep supervision in training).
     """
@@ -143,10 +92,11 @@ class AttentionUNet(nn.Module):
     deep_supervision: bool = False
     remat: bool = False
     dtype: Any = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
-        check_input(
+        segmentation.check_input(
             x, 2 ** (len(self.features) - 1), f"AttentionUNet of depth {len(self.features)}"
         )
         block = nn.remat(layers.ConvBlock, static_argnums=(2,)) if self.remat else layers.ConvBlock
@@ -156,7 +106,9 @@ class AttentionUNet(nn.Module):
         for level, f in enumerate(self.features):
             if level > 0:
                 x = layers.max_pool2(x)
-            x = block(f, self.norm, self.residual, self.dtype, name=f"enc{level}")(x, train)
+            x = block(f, self.norm, self.residual, self.dtype, self.conv_impl, name=f"enc{level}")(
+                x, train
+            )
             skips.append(x)
         x = skips.pop()
         # Heads are created at init whatever ``train`` is: the trainer initialises with
@@ -169,59 +121,15 @@ class AttentionUNet(nn.Module):
             skip = AttentionGate(max(f // 2, 1), self.dtype, name=f"gate{level}")(skips[level], x)
             x = layers.UpsampleMatmul(f, self.dtype, name=f"up{level}")(x)
             x = jnp.concatenate([x, skip], axis=-1)
-            x = block(f, self.norm, False, self.dtype, name=f"dec{level}")(x, train)
+            x = block(f, self.norm, False, self.dtype, self.conv_impl, name=f"dec{level}")(x, train)
             if with_ds and level > 0:
-                outputs.append(head(self.out_channels, self.dtype, f"ds{level}")(x))
-        logits = head(self.out_channels, self.dtype, "head")(x).astype(jnp.float32)
+                outputs.append(segmentation.head(self.out_channels, self.dtype, f"ds{level}")(x))
+        logits = segmentation.head(self.out_channels, self.dtype, "head")(x).astype(jnp.float32)
         if self.deep_supervision and train:
             return [logits] + [o.astype(jnp.float32) for o in outputs[::-1]]
         return logits
 
 
-@registry.register("models.attention_unet", "models.AttentionUNet")
-def get_attention_unet(
-    *,
-    in_channels: int = 1,
-    out_channels: int = 1,
-    depth: int = 4,
-    features: int | Sequence[int] = 16,
-    max_features: int = 320,
-    use_batch_norm: bool | None = None,
-    norm: str = "batch",
-    residual: bool = False,
-    deep_supervision: bool = False,
-    remat: bool = False,
-    last_activation: str = "sigmoid",
-    dtype: str | None = None,
-) -> AttentionUNet:
-    """Builds an Attention UNet with the knobs of ``unet.get_unet``.
-
-    Args:
-      in_channels: input channels (checked by the trainer against the data).
-      out_channels: logits K (1: sigmoid; >1: softmax over K classes).
-      depth: number of resolution levels; spatial sizes must be divisible by ``2**(depth-1)``.
-      features: channels of the first level (doubled per level, capped at ``max_features``) or
-        one value per level.
-      max_features: cap of the doubled channels.
-      use_batch_norm: the seed's switch; True -> ``norm="batch"``, False -> ``norm="none"``.
-      norm, residual, deep_supervision, remat: see ``AttentionUNet``.
-      last_activation: ``sigmoid`` | ``softmax`` | ``none``; losses always take logits.
-      dtype: compute dtype name; None follows the inputs and parameters.
-
-    Returns:
-      The module; ``apply(variables, x float32[B, *spatial, C], train=bool)`` gives logits
-      ``float32[B, *spatial, K]``.
-
-    Raises:
-      ConfigError: unknown norm or activation, or ``features`` of the wrong length.
-    """
-    del in_channels
-    return AttentionUNet(
-        out_channels=out_channels,
-        features=unet.level_features(features, depth, max_features),
-        norm=resolve_norm(norm, use_batch_norm, last_activation),
-        residual=residual,
-        deep_supervision=deep_supervision,
-        remat=remat,
-        dtype=None if dtype is None else jnp.dtype(dtype),
-    )
+get_attention_unet = registry.register("models.attention_unet", "models.AttentionUNet")(
+    segmentation.factory(AttentionUNet)
+)

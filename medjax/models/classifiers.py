@@ -81,7 +81,7 @@ def spatial_rank(x: jax.Array, in_channels: int | None, model: str) -> int:
         raise ValueError(f"{model} expects [B, H, W, C] or [B, D, H, W, C], got shape {x.shape}.")
     if in_channels is not None and x.shape[-1] != in_channels:
         raise errors.ConfigError(
-            f"{model}: model.kwargs.in_channels={in_channels} but the input has "
+            f"{model}: model.in_channels={in_channels} but the input has "
             f"{x.shape[-1]} channels (shape {x.shape})."
         )
     return nd

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from medjax import errors, registry
-from medjax.models import attention_unet, layers, unet
+from medjax.models import layers, segmentation
 
 # (block kind, blocks per stage) per ResNet depth. 10 is MedicalNet's (Med3D) smallest ResNet.
 STAGES = {
@@ -250,7 +250,7 @@ class DeepLabV3Plus(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        attention_unet.check_input(x, 1, "DeepLabV3Plus")
+        segmentation.check_input(x, 1, "DeepLabV3Plus")
         spatial = x.shape[1:-1]
         if self.dtype is not None:
             x = x.astype(self.dtype)
@@ -270,7 +270,7 @@ class DeepLabV3Plus(nn.Module):
         y = jnp.concatenate([_resize(high, low.shape[1:-1]), low], axis=-1)
         y = ConvNormAct(self.aspp_features, 3, name="decoder1", **kw)(y, train)
         y = ConvNormAct(self.aspp_features, 3, name="decoder2", **kw)(y, train)
-        logits = attention_unet.head(self.out_channels, self.dtype, "head")(y)
+        logits = segmentation.head(self.out_channels, self.dtype, "head")(y)
         return _resize(logits.astype(jnp.float32), spatial)
 
 
@@ -278,7 +278,7 @@ class DeepLabV3Plus(nn.Module):
 def get_deeplab(
     *,
     in_channels: int = 1,
-    out_channels: int = 1,
+    num_classes: int = 1,
     resnet_depth: int = 50,
     features: int | Sequence[int] = 64,
     max_features: int = 512,
@@ -290,17 +290,17 @@ def get_deeplab(
     norm: str = "batch",
     deep_supervision: bool = False,
     remat: bool = False,
-    last_activation: str = "sigmoid",
     dtype: str | None = None,
 ) -> DeepLabV3Plus:
-    """Builds DeepLabV3+ with the knobs of ``unet.get_unet`` that apply.
+    """Builds DeepLabV3+ with the options of ``segmentation.build`` that apply.
 
     ``depth`` is not one of them: the encoder always has a stem and 4 stages, and
     ``resnet_depth`` picks their blocks. Deep supervision is not defined for DeepLabV3+.
 
     Args:
-      in_channels: input channels (checked by the trainer against the data).
-      out_channels: logits K (1: sigmoid; >1: softmax over K classes).
+      in_channels: input channels (the config's ``model.in_channels``; checked by the trainer
+        against the data).
+      num_classes: logits K (the config's ``model.num_classes``; 1: sigmoid; >1: softmax).
       resnet_depth: 10, 18, 34 (basic blocks), 50 or 101 (bottlenecks).
       features: width of the stem and stage 1 (doubled per stage, capped at ``max_features``;
         64 in the paper) or the 4 stage widths.
@@ -313,7 +313,6 @@ def get_deeplab(
       norm: ``batch`` | ``instance`` | ``group`` | ``none``.
       deep_supervision: must be False.
       remat: rematerialise each residual block in the backward pass.
-      last_activation: ``sigmoid`` | ``softmax`` | ``none``; losses always take logits.
       dtype: compute dtype name; None follows the inputs and parameters.
 
     Returns:
@@ -321,7 +320,7 @@ def get_deeplab(
       ``float32[B, *spatial, K]`` for any spatial size.
 
     Raises:
-      ConfigError: an unknown depth, output stride, norm or activation; three rates not given;
+      ConfigError: an unknown depth, output stride or norm; three rates not given;
         deep supervision asked for.
     """
     del in_channels
@@ -337,17 +336,17 @@ def get_deeplab(
         raise errors.ConfigError(f"model.kwargs.aspp_rates needs 3 rates, got {aspp_rates!r}.")
     if deep_supervision:
         raise errors.ConfigError(
-            "model.kwargs.deep_supervision=True is not supported by deeplab (one output scale)."
+            "model.deep_supervision=True is not supported by deeplab (one output scale)."
         )
     return DeepLabV3Plus(
-        out_channels=out_channels,
+        out_channels=num_classes,
         resnet_depth=resnet_depth,
-        widths=unet.level_features(features, 4, max_features),
+        widths=segmentation.level_features(features, 4, max_features),
         output_stride=output_stride,
         aspp_rates=tuple(int(r) for r in aspp_rates),
         aspp_features=aspp_features,
         low_level_features=low_level_features,
-        norm=attention_unet.resolve_norm(norm, use_batch_norm, last_activation),
+        norm=segmentation.resolve_norm(norm, use_batch_norm),
         remat=remat,
-        dtype=None if dtype is None else jnp.dtype(dtype),
+        dtype=segmentation.compute_dtype(dtype),
     )

@@ -19,16 +19,15 @@ Convolutions can run in three formulations with the same parameters (``nn.Conv``
 
 ``auto`` picks, on the CPU backend, ``depth2d`` for 3D convolutions (``im2col`` for the tiny
 ones) and ``xla`` for 2D; ``xla`` on every other backend. It is decided at trace time from
-``jax.default_backend()`` and the input's static shape (Python values, never traced).
+``jax.default_backend()`` and the input's static shape (Python values, never traced). A model
+takes the formulation as a field (``conv_impl``, set from the config's ``model.conv_impl``) and
+hands it to its ``ConvBlock`` / ``conv`` layers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import dataclasses
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -46,13 +45,6 @@ CONV_IMPLS = ("xla", "im2col", "depth2d", "auto")
 # At or below this many voxels per (H, W) plane a 3D layer is so small that im2col's one matmul
 # beats depth2d's 2D convolution (by 1-4 ms per layer on 2 cores; benchmarks/RESULTS.md).
 _DEPTH2D_MIN_PLANE = 64
-
-# What ``impl="auto"`` resolves to inside ``conv_impl_scope`` (None: ``auto_conv_impl``'s pick).
-# A context variable, read at trace time only, so a config's ``model.conv_impl`` reaches every
-# auto convolution of any model without a field on each module (and without changing params).
-_AUTO_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "medjax_conv_impl", default=None
-)
 
 
 def auto_conv_impl(
@@ -276,73 +268,14 @@ def auto_conv_general_dilated(
 
     Same arguments and result as ``lax.conv_general_dilated``.
     """
-    impl = _AUTO_OVERRIDE.get() or auto_conv_impl(lhs.ndim - 2, spatial=lhs.shape[1:-1])
+    impl = auto_conv_impl(lhs.ndim - 2, spatial=lhs.shape[1:-1])
     return conv_general_dilated_fn(impl)(lhs, rhs, *args, **kwargs)
 
 
-def _check_impl(impl: str, key: str = "conv impl") -> None:
+def check_conv_impl(impl: str, key: str = "conv impl") -> None:
+    """Raises ConfigError naming ``key`` unless ``impl`` is one of ``CONV_IMPLS``."""
     if impl not in CONV_IMPLS:
         raise errors.ConfigError(f"{key}={impl!r} is unknown; expected one of {CONV_IMPLS}.")
-
-
-@contextlib.contextmanager
-def conv_impl_scope(impl: str) -> Iterator[None]:
-    """Within the block, every ``impl="auto"`` convolution traced uses ``impl`` instead.
-
-    ``"auto"`` leaves ``auto_conv_impl``'s choice. Only tracing reads it: wrap the ``init`` /
-    ``apply`` calls that build the computation (``with_conv_impl`` does that for a model).
-
-    Raises:
-      ConfigError: ``impl`` is not one of ``CONV_IMPLS``.
-    """
-    _check_impl(impl)
-    token = _AUTO_OVERRIDE.set(None if impl == "auto" else impl)
-    try:
-        yield
-    finally:
-        _AUTO_OVERRIDE.reset(token)
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvImplModel:
-    """A Flax model whose ``init`` / ``apply`` trace its auto convolutions as ``impl``.
-
-    Same parameters and outputs as ``module`` (only how the convolutions are computed changes,
-    so checkpoints do not care); other attributes are the module's.
-    """
-
-    module: nn.Module
-    impl: str
-
-    def init(self, *args: Any, **kwargs: Any) -> Any:
-        """``module.init`` under ``conv_impl_scope(impl)``."""
-        with conv_impl_scope(self.impl):
-            return self.module.init(*args, **kwargs)
-
-    def apply(self, *args: Any, **kwargs: Any) -> Any:
-        """``module.apply`` under ``conv_impl_scope(impl)``."""
-        with conv_impl_scope(self.impl):
-            return self.module.apply(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("module", "impl"):  # not set yet (copy / unpickle): no recursion
-            raise AttributeError(name)
-        return getattr(self.module, name)
-
-
-def with_conv_impl(module: nn.Module, impl: str, key: str = "model.conv_impl") -> Any:
-    """``module`` itself for ``impl="auto"``, else a ``ConvImplModel`` forcing ``impl``.
-
-    Args:
-      module: any Flax model (UNet family, LunaModel, ...).
-      impl: ``"auto"`` | ``"xla"`` | ``"im2col"`` | ``"depth2d"`` (3D only; 2D stays XLA).
-      key: the config key named in errors.
-
-    Raises:
-      ConfigError: ``impl`` is unknown (the message names ``key``).
-    """
-    _check_impl(impl, key)
-    return module if impl == "auto" else ConvImplModel(module, impl)
 
 
 def conv_general_dilated_fn(impl: str) -> Callable[..., jax.Array]:
@@ -364,7 +297,7 @@ def conv_general_dilated_fn(impl: str) -> Callable[..., jax.Array]:
         "depth2d": depth2d_conv_general_dilated,
         "auto": auto_conv_general_dilated,
     }
-    _check_impl(impl)
+    check_conv_impl(impl)
     return fns[impl]
 
 

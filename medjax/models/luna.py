@@ -51,6 +51,7 @@ class LunaBlock(nn.Module):
     """Two (conv 3, bias, ReLU) layers then a 2x max-pool (floor, as torch)."""
 
     features: int
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -63,9 +64,9 @@ class LunaBlock(nn.Module):
                 padding=1,
                 kernel_init=_KAIMING_FAN_OUT,
                 bias_init=_book_bias(self.features * 3**nd),
-                # 3D on CPU: shifted views + one matmul (1.5x per LunaModel step on 2 cores,
-                # benchmarks/RESULTS.md); XLA's convolution elsewhere. Same parameters.
-                conv_general_dilated=layers.auto_conv_general_dilated,
+                # "auto", 3D on CPU: shifted views + one matmul (1.5x per LunaModel step on 2
+                # cores, benchmarks/RESULTS.md); XLA's convolution elsewhere. Same parameters.
+                conv_general_dilated=layers.conv_general_dilated_fn(self.conv_impl),
                 name=name,
             )(x)
             x = nn.relu(x)
@@ -82,6 +83,8 @@ class LunaModel(nn.Module):
       num_blocks: conv blocks, each halving every spatial axis (4 in the book).
       dropout: dropout rate before the head (0 in the book); with ``rate > 0`` training needs
         ``rngs={"dropout": key}``.
+      conv_impl: formulation of the convolutions (``layers``); the parameters do not depend on
+        it.
     """
 
     num_classes: int = 2
@@ -89,6 +92,7 @@ class LunaModel(nn.Module):
     channels: int = 8
     dropout: float = 0.0
     num_blocks: int = 4
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -115,7 +119,7 @@ class LunaModel(nn.Module):
             use_running_average=not train, momentum=0.9, epsilon=1e-5, name="tail_batchnorm"
         )(x)
         for i in range(self.num_blocks):
-            x = LunaBlock(self.channels * 2**i, name=f"block{i + 1}")(x)
+            x = LunaBlock(self.channels * 2**i, self.conv_impl, name=f"block{i + 1}")(x)
         x = x.reshape(x.shape[0], -1)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(
@@ -133,12 +137,19 @@ def get_luna(
     channels: int = 8,
     dropout: float = 0.0,
     num_blocks: int = 4,
+    conv_impl: str = "auto",
 ) -> LunaModel:
-    """Factory of ``LunaModel`` (see its attributes): ``[B, *spatial, C]`` -> logits ``[B, K]``."""
+    """Factory of ``LunaModel`` (see its attributes): ``[B, *spatial, C]`` -> logits ``[B, K]``.
+
+    Raises:
+      ConfigError: an unknown ``conv_impl`` (the config's ``model.conv_impl``).
+    """
+    layers.check_conv_impl(conv_impl, "model.conv_impl")
     return LunaModel(
         num_classes=num_classes,
         in_channels=in_channels,
         channels=channels,
         dropout=dropout,
         num_blocks=num_blocks,
+        conv_impl=conv_impl,
     )

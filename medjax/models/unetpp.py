@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from medjax import registry
-from medjax.models import attention_unet, layers, unet
+from medjax.models import layers, segmentation
 
 
 class UNetPlusPlus(nn.Module):
@@ -52,6 +52,7 @@ class UNetPlusPlus(nn.Module):
         paper's pruning is not offered).
       remat: rematerialise each node's block in the backward pass.
       dtype: compute dtype; None follows inputs and parameters.
+      conv_impl: formulation of the blocks' convolutions (``layers``); same parameters.
 
     Returns logits ``float32[B, *spatial, K]`` (a list of them with deep supervision in training).
     """
@@ -63,11 +64,12 @@ class UNetPlusPlus(nn.Module):
     deep_supervision: bool = False
     remat: bool = False
     dtype: Any = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
         depth = len(self.features)
-        attention_unet.check_input(x, 2 ** (depth - 1), f"UNetPlusPlus of depth {depth}")
+        segmentation.check_input(x, 2 ** (depth - 1), f"UNetPlusPlus of depth {depth}")
         block = nn.remat(layers.ConvBlock, static_argnums=(2,)) if self.remat else layers.ConvBlock
         if self.dtype is not None:
             x = x.astype(self.dtype)
@@ -75,21 +77,25 @@ class UNetPlusPlus(nn.Module):
         nodes: dict[tuple[int, int], jax.Array] = {}
         for i, f in enumerate(self.features):
             inp = x if i == 0 else layers.max_pool2(nodes[i - 1, 0])
-            nodes[i, 0] = block(f, self.norm, self.residual, self.dtype, name=f"x{i}_0")(inp, train)
+            nodes[i, 0] = block(
+                f, self.norm, self.residual, self.dtype, self.conv_impl, name=f"x{i}_0"
+            )(inp, train)
         # Column by column: X^{i,j} needs X^{i+1,j-1}, which the previous column made.
         for j in range(1, depth):
             for i in range(depth - j):
                 f = self.features[i]
                 up = layers.UpsampleMatmul(f, self.dtype, name=f"up{i}_{j}")(nodes[i + 1, j - 1])
                 inp = jnp.concatenate([nodes[i, k] for k in range(j)] + [up], axis=-1)
-                nodes[i, j] = block(f, self.norm, False, self.dtype, name=f"x{i}_{j}")(inp, train)
-        logits = attention_unet.head(self.out_channels, self.dtype, "head")(nodes[0, last])
+                nodes[i, j] = block(
+                    f, self.norm, False, self.dtype, self.conv_impl, name=f"x{i}_{j}"
+                )(inp, train)
+        logits = segmentation.head(self.out_channels, self.dtype, "head")(nodes[0, last])
         logits = logits.astype(jnp.float32)
         # Heads are created at init whatever ``train`` is: the trainer initialises with
         # train=False and must still find the deep-supervision heads' parameters later.
         if self.deep_supervision and (train or self.is_initializing()):
             outputs = [
-                attention_unet.head(self.out_channels, self.dtype, f"ds{j}")(nodes[0, j])
+                segmentation.head(self.out_channels, self.dtype, f"ds{j}")(nodes[0, j])
                 for j in reversed(range(1, last))
             ]
             if train:
@@ -97,52 +103,6 @@ class UNetPlusPlus(nn.Module):
         return logits
 
 
-@registry.register("models.unetpp", "models.UNetPlusPlus", "models.unet_plus_plus")
-def get_unetpp(
-    *,
-    in_channels: int = 1,
-    out_channels: int = 1,
-    depth: int = 4,
-    features: int | Sequence[int] = 16,
-    max_features: int = 320,
-    use_batch_norm: bool | None = None,
-    norm: str = "batch",
-    residual: bool = False,
-    deep_supervision: bool = False,
-    remat: bool = False,
-    last_activation: str = "sigmoid",
-    dtype: str | None = None,
-) -> UNetPlusPlus:
-    """Builds a UNet++ with the knobs of ``unet.get_unet``.
-
-    Args:
-      in_channels: input channels (checked by the trainer against the data).
-      out_channels: logits K (1: sigmoid; >1: softmax over K classes).
-      depth: number of resolution levels L+1; spatial sizes must be divisible by
-        ``2**(depth-1)``.
-      features: channels of the first level (doubled per level, capped at ``max_features``) or
-        one value per level.
-      max_features: cap of the doubled channels.
-      use_batch_norm: the seed's switch; True -> ``norm="batch"``, False -> ``norm="none"``.
-      norm, residual, deep_supervision, remat: see ``UNetPlusPlus``.
-      last_activation: ``sigmoid`` | ``softmax`` | ``none``; losses always take logits.
-      dtype: compute dtype name; None follows the inputs and parameters.
-
-    Returns:
-      The module; ``apply(variables, x float32[B, *spatial, C], train=bool)`` gives logits
-      ``float32[B, *spatial, K]`` (with deep supervision in training a list of ``depth - 1`` of
-      them, all full resolution, final output first).
-
-    Raises:
-      ConfigError: unknown norm or activation, or ``features`` of the wrong length.
-    """
-    del in_channels
-    return UNetPlusPlus(
-        out_channels=out_channels,
-        features=unet.level_features(features, depth, max_features),
-        norm=attention_unet.resolve_norm(norm, use_batch_norm, last_activation),
-        residual=residual,
-        deep_supervision=deep_supervision,
-        remat=remat,
-        dtype=None if dtype is None else jnp.dtype(dtype),
-    )
+get_unetpp = registry.register("models.unetpp", "models.UNetPlusPlus", "models.unet_plus_plus")(
+    segmentation.factory(UNetPlusPlus)
+)

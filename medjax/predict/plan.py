@@ -27,7 +27,9 @@ PLAN_VERSION = 1
 
 
 def _num_classes(config: ml_collections.ConfigDict) -> int:
-    return int(config.model.kwargs.get("out_channels", config.model.kwargs.get("num_classes", 1)))
+    from medjax.models import spec as model_spec
+
+    return model_spec.num_classes(config)
 
 
 def label_names(num_classes: int) -> list[str]:

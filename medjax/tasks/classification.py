@@ -31,6 +31,7 @@ from medjax import errors, registry
 from medjax.data import pipeline, sources
 from medjax.evaluate import classification as eval_cls
 from medjax.metrics import classification
+from medjax.models import spec as model_spec
 from medjax.tasks import base
 from medjax.train import step as step_lib
 
@@ -101,11 +102,11 @@ class ClassificationTask:
                 f"data.patch_size={tuple(config.data.patch_size)} but the preprocessed images "
                 f"are {self.shape}: classification feeds whole images, set the two equal."
             )
-        k = int(config.model.kwargs.get("num_classes", 2))
+        k = model_spec.num_classes(config)
         n = len(self.class_names)
         if not (k == n or (k == 1 and n == 2)):
             raise errors.ConfigError(
-                f"model.kwargs.num_classes={k} but {self.data.root} has {n} classes "
+                f"model.num_classes={k} but {self.data.root} has {n} classes "
                 f"{self.class_names} (use {n}, or 1 for a sigmoid when there are 2)."
             )
         self.num_classes = k

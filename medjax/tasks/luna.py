@@ -25,6 +25,7 @@ from medjax.data.luna import csvs, froc
 from medjax.data.luna import sources as luna_sources
 from medjax.evaluate import classification as eval_cls
 from medjax.metrics import classification
+from medjax.models import spec as model_spec
 from medjax.tasks import base
 from medjax.train import step as step_lib
 
@@ -95,7 +96,7 @@ class LunaTask:
             )
         self.channels = 1
         self.num_train = lc.epoch_length or len(train)
-        self.num_classes = int(config.model.kwargs.get("num_classes", 2))
+        self.num_classes = model_spec.num_classes(config)
 
     def input_shape(self) -> tuple[int, ...]:
         return (1, *self.size, 1)

@@ -17,6 +17,7 @@ from medjax import errors, registry
 from medjax.data import pipeline
 from medjax.evaluate import segmentation as seg_eval
 from medjax.metrics import surface
+from medjax.models import spec as model_spec
 from medjax.tasks import base
 from medjax.train import step as step_lib
 
@@ -75,7 +76,7 @@ class SegmentationTask:
         spacings = [
             tuple(e["props"].get("spacing_mm", (1.0,) * len(self.patch_size))) for e in entries
         ]
-        num_classes = self.config.model.kwargs.get("out_channels", 1)
+        num_classes = model_spec.num_classes(self.config)
         connectivity = self.config.eval.get("surface_connectivity", "face")
         if set(source.shapes) == {self.patch_size}:
             return seg_eval.SplitEvaluation(
@@ -140,7 +141,7 @@ class SegmentationTask:
                         entry,
                         out_dir,
                         model_name=self.config.model.name,
-                        num_classes=self.config.model.kwargs.get("out_channels", 1),
+                        num_classes=model_spec.num_classes(self.config),
                     )
 
 

@@ -28,7 +28,7 @@ from medjax.augment import compose as augment_lib
 from medjax.data import pipeline
 from medjax.evaluate import runner
 from medjax.losses import compound
-from medjax.models import layers
+from medjax.models import spec as model_spec
 from medjax.tasks import base
 from medjax.train import checkpoint as ckpt_lib
 from medjax.train import hooks, metric_writer, optim
@@ -42,13 +42,8 @@ from medjax.train import step as step_lib
 
 
 def build_model(config: ml_collections.ConfigDict):
-    """The model named by ``config.model`` (registry ``models.<name>``).
-
-    ``model.conv_impl`` other than ``"auto"`` forces that convolution formulation on the model's
-    auto convolutions (``layers.with_conv_impl``); parameters are the same either way.
-    """
-    model = registry.lookup("models", config.model.name, **config.model.kwargs.to_dict())
-    return layers.with_conv_impl(model, config.model.get("conv_impl", "auto"))
+    """The model named by ``config.model`` (registry ``models.<name>``), see ``models.spec``."""
+    return model_spec.build(config)
 
 
 def build_loss(config: ml_collections.ConfigDict, *, train: bool = True):
@@ -59,7 +54,7 @@ def build_loss(config: ml_collections.ConfigDict, *, train: bool = True):
     With ``train=False`` it is never wrapped: evaluation sees only the full-resolution logits.
     """
     loss_fn = registry.lookup("losses", config.loss.name, **config.loss.kwargs.to_dict())
-    if not (train and config.model.kwargs.get("deep_supervision", False)):
+    if not (train and model_spec.deep_supervision(config)):
         return loss_fn
     weights = tuple(float(w) for w in config.loss.deep_supervision_weights)
     if weights and (min(weights) < 0 or sum(weights) <= 0):
@@ -96,10 +91,10 @@ class _Run:
         task_factory = registry.get(f"tasks.{config.task}")
         self.task = distributed.primary_first(lambda: task_factory(config), "medjax-prepare-data")
         self.channels = self.task.channels
-        in_ch = config.model.kwargs.get("in_channels", self.channels)
+        in_ch = model_spec.in_channels(config)
         if in_ch != self.channels:
             raise errors.ConfigError(
-                f"model.kwargs.in_channels={in_ch} but the data has {self.channels} channel(s)."
+                f"model.in_channels={in_ch} but the data has {self.channels} channel(s)."
             )
         # -- mesh and sizes --
         self.mesh = mesh_lib.make_mesh(config.mesh)

@@ -150,11 +150,6 @@ def freeze(tx: optax.GradientTransformation, pattern: str) -> optax.GradientTran
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def param_paths(params: Any) -> list[str]:
-    """``/``-joined paths of all parameters (to write ``optim.freeze`` patterns)."""
-    return list(traverse_util.flatten_dict(jax.device_get(params), sep="/"))
-
-
 # ---------------------------------------------------------------------------------------------
 # Reduce-on-plateau.
 #

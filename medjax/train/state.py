@@ -16,12 +16,6 @@ class TrainState(train_state.TrainState):
 
     batch_stats: Any = None
 
-    def variables(self) -> dict[str, Any]:
-        """The variables for ``apply_fn``: params plus batch_stats when the model has them."""
-        if self.batch_stats:
-            return {"params": self.params, "batch_stats": self.batch_stats}
-        return {"params": self.params}
-
 
 def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, input_shape: tuple[int, ...], key: jax.Array

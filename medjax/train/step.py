@@ -82,9 +82,11 @@ def make_train_step(
 
     Returns:
       The pure step. ``metrics`` holds float32 scalars: ``loss``, ``grad_norm``, ``param_norm``,
-      ``update_norm``, ``lr``.
+      ``update_norm``, ``lr`` and, for a loss with ``terms`` (a compound loss), each term's
+      unweighted mean as ``loss/<term>`` (logged as ``train/loss/<term>``).
     """
     compute_dtype = PRECISIONS[precision]
+    terms_fn = getattr(loss_fn, "terms", None)
 
     def loss_and_grads(state, params, batch_stats, batch, key):
         aug_key, dropout_key = jax.random.split(key)
@@ -101,36 +103,43 @@ def make_train_step(
                 compute_dtype=compute_dtype,
                 dropout_key=dropout_key,
             )
-            return jnp.mean(loss_fn(logits, batch["label"])), new_stats
+            loss = jnp.mean(loss_fn(logits, batch["label"]))
+            # Logged only: the terms are the loss's own sub-expressions (XLA computes them once),
+            # and no gradient flows through them.
+            terms = {} if terms_fn is None else terms_fn(logits, batch["label"])
+            terms = {f"loss/{k}": jax.lax.stop_gradient(jnp.mean(v)) for k, v in terms.items()}
+            return loss, (new_stats, terms)
 
-        (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        return loss, grads, new_stats
+        (loss, (new_stats, terms)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return loss, terms, grads, new_stats
 
     def train_step(state: state_lib.TrainState, batch: Batch, base_key: jax.Array):
         key = jax.random.fold_in(base_key, state.step)
         if grad_accum_steps == 1:
-            loss, grads, new_stats = loss_and_grads(
+            loss, terms, grads, new_stats = loss_and_grads(
                 state, state.params, state.batch_stats, batch, key
             )
         else:
             micro = jax.tree.map(lambda x: _strided_micro_batches(x, grad_accum_steps), batch)
 
             def body(carry, xs):
-                loss_sum, grad_sum, stats = carry
+                sums, stats = carry
                 micro_batch, i = xs
-                loss, grads, stats = loss_and_grads(
+                loss, terms, grads, stats = loss_and_grads(
                     state, state.params, stats, micro_batch, jax.random.fold_in(key, i)
                 )
-                return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads), stats), None
+                return (jax.tree.map(jnp.add, sums, (loss, terms, grads)), stats), None
 
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            (loss, grads, new_stats), _ = jax.lax.scan(
-                body,
-                (jnp.zeros((), jnp.float32), zeros, state.batch_stats),
-                (micro, jnp.arange(grad_accum_steps)),
+            # The terms' structure is static: trace one micro-batch abstractly to get it.
+            first = jax.tree.map(lambda x: x[0], micro)
+            shapes = jax.eval_shape(
+                lambda: loss_and_grads(state, state.params, state.batch_stats, first, key)
             )
-            loss = loss / grad_accum_steps
-            grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[:3])
+            (sums, new_stats), _ = jax.lax.scan(
+                body, (zeros, state.batch_stats), (micro, jnp.arange(grad_accum_steps))
+            )
+            loss, terms, grads = jax.tree.map(lambda x: x / grad_accum_steps, sums)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
@@ -143,6 +152,7 @@ def make_train_step(
             "update_norm": optax.tree.norm(updates).astype(jnp.float32),
             # The rate in force: the schedule's times the reduce-on-plateau scale (1 without).
             "lr": jnp.asarray(schedule(state.step) * optim.lr_scale(state.opt_state), jnp.float32),
+            **{k: v.astype(jnp.float32) for k, v in terms.items()},
         }
         return new_state, metrics
 

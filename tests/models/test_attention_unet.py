@@ -39,7 +39,7 @@ def _disc_batch(shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
     "shape", [(2, 32, 32, 1), (2, 24, 20, 1), (2, 16, 16, 16, 2), (2, 8, 12, 16, 1)]
 )
 def test_shapes_2d_and_3d(shape):
-    model = registry.lookup("models", "attention_unet", depth=3, features=4, out_channels=3)
+    model = registry.lookup("models", "attention_unet", depth=3, features=4, num_classes=3)
     x = jnp.zeros(shape)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     out, _ = jax.eval_shape(
@@ -55,7 +55,7 @@ def test_rejects_sizes_not_divisible_and_bad_names():
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 30, 32, 1)))
     with pytest.raises(errors.ConfigError, match="divisible by 4"):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 17, 1)))
-    with pytest.raises(errors.ConfigError, match="last_activation"):
+    with pytest.raises(errors.ConfigError, match="unknown keyword.*last_activation"):
         registry.lookup("models", "attention_unet", last_activation="tanh")
     with pytest.raises(errors.ConfigError, match="norm"):
         registry.lookup("models", "AttentionUNet", norm="layer")

@@ -53,7 +53,7 @@ def test_shapes_2d_and_3d_any_size(shape, output_stride):
         "models",
         "deeplab",
         **{**TINY, "resnet_depth": 18},
-        out_channels=3,
+        num_classes=3,
         output_stride=output_stride,
     )
     x = jnp.zeros(shape)
@@ -148,7 +148,7 @@ def test_parameter_count_matches_hand_count():
             "deeplabv3plus",
             **TINY,
             low_level_features=4,
-            out_channels=2,
+            num_classes=2,
             use_batch_norm=False,
             output_stride=output_stride,
         )

@@ -217,18 +217,17 @@ def test_unknown_impl_is_a_config_error():
         )
 
 
-def test_conv_impl_scope_forces_auto_convolutions_of_a_whole_model():
-    # A UNet and the LunaModel (which calls auto_conv_general_dilated directly): under
-    # with_conv_impl("xla") every convolution is XLA's 3D one (rank-5 inputs); with "auto" on
-    # the CPU the same models trace 2D convolutions (depth2d) or none (im2col). Same parameters.
+def test_conv_impl_field_sets_every_convolution_of_a_model():
+    # A UNet (ConvBlocks) and the LunaModel (nn.Conv with a conv_general_dilated): with
+    # conv_impl="xla" every convolution is XLA's 3D one (rank-5 inputs); with "auto" on the CPU
+    # the same models trace 2D convolutions (depth2d) or none (im2col). Same parameters.
     import medjax.models  # noqa: F401 - registers the models
     from medjax import registry
 
     x = jnp.zeros((1, 8, 16, 16, 1))
     for name, kwargs in (("unet", {"depth": 2, "features": 4}), ("luna", {"num_blocks": 2})):
         module = registry.lookup("models", name, **kwargs)
-        assert layers.with_conv_impl(module, "auto") is module
-        forced = layers.with_conv_impl(module, "xla")
+        forced = registry.lookup("models", name, conv_impl="xla", **kwargs)
         v_auto = module.init(jax.random.key(0), x, train=False)
         v_xla = forced.init(jax.random.key(0), x, train=False)
         assert jax.tree.structure(v_auto) == jax.tree.structure(v_xla)
@@ -241,17 +240,15 @@ def test_conv_impl_scope_forces_auto_convolutions_of_a_whole_model():
         np.testing.assert_allclose(
             forced.apply(v_auto, x + 1.0), module.apply(v_auto, x + 1.0), rtol=1e-4, atol=1e-4
         )
-    # The scope ends with the block: the next trace is auto again.
-    with layers.conv_impl_scope("xla"):
-        pass
-    mod = layers.conv(3, 3, 3, impl="auto")
-    v = mod.init(jax.random.key(0), x)
-    assert 5 not in jaxprs.conv_input_ranks(jax.make_jaxpr(mod.apply)(v, x).jaxpr)
 
 
-def test_with_conv_impl_names_the_config_key():
-    with pytest.raises(errors.ConfigError, match=r"model\.conv_impl='winograd'"):
-        layers.with_conv_impl(nn.Dense(2), "winograd")
+def test_unknown_conv_impl_names_the_config_key():
+    import medjax.models  # noqa: F401 - registers the models
+    from medjax import registry
+
+    for name in ("unet", "luna", "unetpp", "attention_unet"):
+        with pytest.raises(errors.ConfigError, match=r"model\.conv_impl='winograd'.*depth2d"):
+            registry.lookup("models", name, conv_impl="winograd")
 
 
 @pytest.mark.parametrize("shape", [(2, 6, 8, 3), (2, 7, 9, 2), (1, 5, 6, 7, 2), (2, 4, 4, 4, 1)])

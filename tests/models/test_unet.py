@@ -11,7 +11,7 @@ from medjax.models import layers
 
 @pytest.mark.parametrize("shape", [(2, 32, 32, 1), (2, 16, 16, 16, 2)])
 def test_unet_shapes_2d_and_3d(shape):
-    model = registry.lookup("models", "unet", depth=3, features=4, out_channels=3)
+    model = registry.lookup("models", "unet", depth=3, features=4, num_classes=3)
     variables = model.init(jax.random.key(0), jnp.zeros(shape))
     out, _ = model.apply(variables, jnp.ones(shape), train=True, mutable=["batch_stats"])
     assert out.shape == (*shape[:-1], 3) and out.dtype == jnp.float32
@@ -53,7 +53,7 @@ def test_unet_rejects_indivisible_size_and_bad_names():
     model = registry.lookup("models", "unet", depth=3, features=4)
     with pytest.raises(errors.ConfigError, match="divisible by 4"):
         model.init(jax.random.key(0), jnp.zeros((1, 30, 30, 1)))
-    with pytest.raises(errors.ConfigError, match="last_activation"):
+    with pytest.raises(errors.ConfigError, match="unknown keyword.*last_activation"):
         registry.lookup("models", "unet", last_activation="tanh")
     with pytest.raises(errors.ConfigError, match="Registered models: .*unet"):
         registry.lookup("models", "unetx")

@@ -166,9 +166,9 @@ def test_bad_configs_name_the_key(tmp_path):
     config = _config(root, tmp_path / "store")
     config.data.preprocess.target_size = (16, 16)
     config.data.patch_size = (16, 16)
-    with pytest.raises(errors.ConfigError, match="model.kwargs.num_classes=2 .* 3 classes"):
+    with pytest.raises(errors.ConfigError, match="model.num_classes=2 .* 3 classes"):
         registry.get("tasks.classification")(config)
-    config.model.kwargs.num_classes = 3
+    config.model.num_classes = 3
     config.data.patch_size = (32, 32)
     with pytest.raises(errors.ConfigError, match="data.patch_size"):
         registry.get("tasks.classification")(config)

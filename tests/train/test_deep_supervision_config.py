@@ -19,7 +19,7 @@ from medjax.train import step as step_lib
 def _unet_ds(weights=()):
     config = configs.tiny_unet()
     config.model.kwargs.depth = 3  # two training outputs: full and half resolution
-    config.model.kwargs.deep_supervision = True
+    config.model.deep_supervision = True
     config.loss.deep_supervision_weights = weights
     return config
 
@@ -60,7 +60,7 @@ def test_a_train_step_follows_the_weights_of_each_head(name, weights):
     config = configs.load_config(name, "tiny")
     if name == "unet":
         config.model.kwargs.depth = 3  # outputs: "head" (full), "ds1" (half resolution)
-    config.model.kwargs.deep_supervision = True  # unetpp depth 3: "head" (X02), "ds1" (X01)
+    config.model.deep_supervision = True  # unetpp depth 3: "head" (X02), "ds1" (X01)
     config.loss.deep_supervision_weights = weights
     config.schedule.name, config.schedule.warmup_steps = "constant", 0  # a rate > 0 at step 0
     tx, schedule = optim.make_optimizer(config, 10)
@@ -85,7 +85,7 @@ def test_a_train_step_follows_the_weights_of_each_head(name, weights):
 
 def test_unetpp_config_trains_and_validates_with_deep_supervision(tmp_path):
     config = configs.load_config("unetpp", "tiny")
-    config.model.kwargs.deep_supervision = True
+    config.model.deep_supervision = True
     assert tuple(config.loss.deep_supervision_weights) == (0.5, 0.5)  # the config's own
     config.train.epochs = 1
     config.train.steps_per_epoch = 2

@@ -108,6 +108,11 @@ def test_strided_accumulation_has_no_all_gather_and_gives_the_big_batch_gradient
         np.testing.assert_allclose(np.asarray(p0) - np.asarray(pa), g, rtol=0, atol=atol)
     for m in (m_big, m_acc):
         assert float(m["loss"]) == pytest.approx(float(ref_loss), rel=1e-5)
+    # The logged terms are per-example means too: accumulation averages them exactly.
+    ref_terms = loss.terms(model.apply({"params": params}, host["image"]), host["label"])
+    for name, value in ref_terms.items():
+        for m in (m_big, m_acc):
+            assert float(m[f"loss/{name}"]) == pytest.approx(float(np.mean(value)), rel=1e-5)
 
 
 def test_bf16_step_keeps_fp32_master_weights_and_tracks_fp32():
@@ -125,7 +130,11 @@ def test_step_metrics_are_finite_scalars():
     state, step, batch_sh, repl = _setup(8, norm="batch")
     key = jax.device_put(jax.random.key(1), repl)
     state, metrics = step(state, jax.device_put(_batch(0), batch_sh), key)
-    assert set(metrics) == {"loss", "grad_norm", "param_norm", "update_norm", "lr"}
+    norms = {"grad_norm", "param_norm", "update_norm", "lr"}
+    assert set(metrics) == {"loss", "loss/dice", "loss/ce", *norms}
     assert all(m.shape == () and np.isfinite(float(m)) for m in metrics.values())
     assert float(metrics["lr"]) == pytest.approx(1e-2)
+    # dice_ce with unit weights: the loss is the sum of its logged (unweighted) terms.
+    total = float(metrics["loss/dice"]) + float(metrics["loss/ce"])
+    assert float(metrics["loss"]) == pytest.approx(total, rel=1e-5)
     assert state.batch_stats  # batch norm statistics are carried in the state

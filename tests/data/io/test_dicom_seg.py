@@ -275,7 +275,7 @@ def test_write_outputs_writes_seg_beside_nifti_for_dicom_cases(tmp_path):
 
     config = common.base_config()
     config.model.name = "unet"
-    config.model.kwargs.out_channels = 3
+    config.model.num_classes = 3
     task = seg_task.SegmentationTask.__new__(seg_task.SegmentationTask)
     task.config = config
     task.data = types.SimpleNamespace(splits={"test": entries})
