@@ -32,6 +32,7 @@ from medjax.train import mesh as mesh_lib
 from medjax.train import metric_writer, optim
 from medjax.train import state as state_lib
 from medjax.train import step as step_lib
+from medjax.train import workdir as workdir_lib
 
 # ---------------------------------------------------------------------------------------------
 # Components named by the config.
@@ -247,12 +248,13 @@ def train_and_evaluate(
     Returns:
       A summary: best metric and step, final step, checkpoint folder, last validation metrics.
     """
+    workdir_lib.claim(workdir)  # one run per workdir: locked before anything touches it
     run = _Run(config, workdir, for_training=True)
+    # A resume must use the config that started the run; then config.json is (re)written.
+    resuming = run.ckpt.latest_step() is not None
+    workdir_lib.check_and_save_config(config, run.workdir, resuming=resuming)
     profile = _profile_window(config.train.profile_steps, run.total_steps)  # before any work
     writer = metric_writer.MetricWriter(run.workdir)
-    if distributed.is_main():
-        with open(os.path.join(run.workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
     # -- state: resume > init_from > fresh --
     state = run.fresh_state()
     data_state = None
