@@ -6,7 +6,10 @@ call the trainer. ``--config.a.b=v`` overrides any config value; an unknown key 
 
 from __future__ import annotations
 
+import errno
+import logging as py_logging
 import os
+import re
 import sys
 import time
 
@@ -35,6 +38,59 @@ flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
+
+
+# OSErrors a user fixes (space, permissions, a path through a file): one line, not a traceback.
+_USER_ERRNOS = {
+    errno.ENOSPC: "the disk is full: free space or choose another --workdir",
+    errno.EDQUOT: "the disk quota is exceeded: free space or choose another --workdir",
+    errno.EROFS: "the file system is read-only: choose a writable --workdir",
+    errno.EACCES: "permission denied: choose a writable --workdir or fix its permissions",
+    errno.EPERM: "permission denied: choose a writable --workdir or fix its permissions",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: fix the path",
+}
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad ``--config`` or ``--config.a.b=v`` said in one line.
+
+    ml_collections raises AttributeError/KeyError/TypeError/ValueError (and absl flags.Error)
+    from deep inside the override machinery; the user only needs the flag and a hint.
+    """
+    try:
+        return FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - every parse failure is the user's command line
+        print(f"medjax error: {_flag_error(argv, e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _flag_error(argv: list[str], e: Exception) -> str:
+    text = str(e).replace("\\n", "\n").replace("\\'", "'")
+    first = text.splitlines()[0] if text.strip() else type(e).__name__
+    overrides = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    missing = re.match(r"""^['"]*([A-Za-z_][\w]*)['"]*$""", first.strip())
+    if missing:
+        name = missing.group(1)
+        key = next((k for k in overrides if name in k.split(".")[1:]), None)
+        if key is not None:
+            guess = re.search(r'Did you mean "([^"]+)"', text)
+            hint = f" (did you mean {guess.group(1)!r}?)" if guess else ""
+            return (
+                f"--{key}: {key[len('config.') :]!r} is not a config key{hint}; every key and "
+                f"its default is in configs/common.py."
+            )
+    return f"bad command line ({type(e).__name__}): {first.strip()}"
+
+
+def _quiet_orbax() -> None:
+    """Drops orbax's own ERROR logs (with tracebacks) of a failed save: the failure reaches
+    medjax as an exception and is said in one line. ``-v``/``--verbosity`` keeps them."""
+
+    class _NoOrbax(py_logging.Filter):
+        def filter(self, record: py_logging.LogRecord) -> bool:
+            return "/orbax/" not in record.pathname
+
+    logging.get_absl_logger().addFilter(_NoOrbax())
 
 
 def _maybe_initialize_distributed() -> None:
@@ -81,6 +137,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)  # orbax and grain are chatty; -v brings them back
+        _quiet_orbax()
     if FLAGS.mode == "tune":
         # Before JAX starts a backend here: the trials (Ray workers) own the devices.
         return _tune()
@@ -111,12 +168,25 @@ def main(argv: list[str]) -> None:
             loop.train_and_evaluate(config, workdir)
             loop.evaluate(config, workdir)
         else:
+            if not os.path.isdir(os.path.join(workdir, "ckpt")):  # and never create it
+                raise errors.CheckpointError(
+                    f"--workdir={workdir}: no run there (no {os.path.join(workdir, 'ckpt')}); "
+                    f"check the path, or train first."
+                )
             loop.evaluate(config, workdir)
     except errors.MedjaxError as e:
         # One clear line for bad input, config or checkpoints; tracebacks are for bugs.
         print(f"medjax error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if e.errno not in _USER_ERRNOS:
+            raise
+        print(
+            f"medjax error: {e.filename or workdir}: {_USER_ERRNOS[e.errno]}.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
