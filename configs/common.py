@@ -147,6 +147,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.early_stopping.mode = "max"
     c.train.early_stopping.patience = 0
     c.train.early_stopping.min_delta = 0.0
+    # Resuming a workdir with a changed loss, optimiser, schedule, model or data config is
+    # refused (medjax/train/workdir.py lists the keys that may change); True: continue anyway.
+    c.train.allow_config_change = False
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1

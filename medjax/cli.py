@@ -24,6 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import medjax  # noqa: F401 - its XLA defaults (medjax/xla_env.py) precede any JAX backend
+from medjax import cli_errors
 
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (path[:arg]).", lock_config=True
@@ -95,6 +96,7 @@ def _main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)  # orbax and grain are chatty; -v brings them back
+        cli_errors.quiet_orbax()
     if FLAGS.mode == "tune":
         # Before JAX starts a backend here: the trials (Ray workers) own the devices.
         return _tune()
@@ -137,10 +139,21 @@ def _main(argv: list[str]) -> None:
         elif FLAGS.mode == "train":
             loop.train_and_evaluate(config, workdir, evaluate_after=True)
         else:
+            if not os.path.isdir(os.path.join(workdir, "ckpt")):  # and never create it
+                raise errors.CheckpointError(
+                    f"--workdir={workdir}: no run there (no {os.path.join(workdir, 'ckpt')}); "
+                    f"check the path, or train first."
+                )
             loop.evaluate(config, workdir)
     except errors.MedjaxError as e:
         # One clear line for bad input, config or checkpoints; tracebacks are for bugs.
         print(f"medjax error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        line = cli_errors.os_error_line(e, workdir)
+        if line is None:
+            raise
+        print(f"medjax error: {line}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     """The console entry point (``[project.scripts] medjax``) and ``launch.py``'s."""
     argv = prepare_argv(sys.argv if argv is None else argv)
     try:
-        app.run(_main, argv=argv)
+        app.run(_main, argv=argv, flags_parser=cli_errors.flags_parser(FLAGS))
     except SystemExit as e:
         # absl exits 1 after printing --help; asking for help is not a failure.
         if e.code == 1 and any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in argv):

@@ -57,6 +57,7 @@ class Checkpointer:
         if self.mode not in ("max", "min"):
             raise errors.ConfigError(f"ckpt.mode={self.mode!r}; expected 'max' or 'min'.")
         self.directory = os.path.abspath(directory)
+        self._saving = self.directory  # the step folder of the latest save (for errors)
         self.read_only = read_only
         # Steps whose files are damaged -> what is wrong; orbax never sees them.
         self.damaged: dict[int, str] = {}
@@ -175,10 +176,11 @@ class Checkpointer:
         if data_state is not None:
             items["data"] = ocp.args.JsonSave(data_state)
         clean = {k: float(v) for k, v in (metrics or {}).items()} or None
+        self._saving = os.path.join(self.directory, str(step))
         try:
             self._manager.save(step, args=ocp.args.Composite(**items), metrics=clean)
         except Exception as e:
-            raise _disk_error(e, os.path.join(self.directory, str(step))) from e
+            raise _disk_error(e, self._saving) from e
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict | None]:
         """Restores ``step`` into the shardings of ``abstract_state`` (ShapeDtypeStructs).
@@ -289,7 +291,7 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except Exception as e:
-            raise _disk_error(e, self.directory) from e
+            raise _disk_error(e, self._saving) from e
 
     def close(self) -> None:
         """Waits and releases the manager."""
@@ -401,17 +403,21 @@ def _first_line(e: BaseException) -> str:
 
 def _disk_error(e: BaseException, path: str) -> BaseException:
     """A CheckpointError naming ``path`` for a full/read-only disk; ``e`` itself otherwise."""
-    cause = e
-    while cause is not None and not isinstance(cause, OSError):
+    code, cause = None, e
+    while cause is not None and code is None:
+        if isinstance(cause, OSError):
+            code = cause.errno
+        elif found := re.search(r"os_error_code='(\d+)'", str(cause)):  # TensorStore's report
+            code = int(found.group(1))
         cause = cause.__cause__ or cause.__context__
-    if cause is None or cause.errno not in _DISK_ERRNOS:
+    if code not in _DISK_ERRNOS:
         return e
     what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(
-        cause.errno, "the folder is not writable"
+        code, "the folder is not writable"
     )
     return errors.CheckpointError(
-        f"Cannot write checkpoint {cause.filename or path}: {what} ({os.strerror(cause.errno)}). "
-        f"Free space or choose another --workdir; the last completed checkpoint is kept."
+        f"Cannot write checkpoint {path}: {what} ({os.strerror(code)}). Free space or choose "
+        f"another --workdir; the last completed checkpoint is kept."
     )
 
 

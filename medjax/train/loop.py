@@ -35,6 +35,7 @@ from medjax.train import hooks, metric_writer, optim
 from medjax.train import mesh as mesh_lib
 from medjax.train import state as state_lib
 from medjax.train import step as step_lib
+from medjax.train import workdir as workdir_lib
 
 # ---------------------------------------------------------------------------------------------
 # Components named by the config.
@@ -271,7 +272,11 @@ def train_and_evaluate(
     Returns:
       A summary: best metric and step, final step, checkpoint folder, last validation metrics.
     """
+    workdir_lib.claim(workdir)  # one run per workdir: locked before anything touches it
     run = _Run(config, workdir, for_training=True)
+    # A resume must use the config that started the run; then config.json is (re)written.
+    resuming = run.ckpt.latest_step() is not None
+    workdir_lib.check_and_save_config(config, run.workdir, resuming=resuming)
     cadences = hooks.Cadences.from_config(config, run.steps_per_epoch, run.total_steps)
     writer = metric_writer.MetricWriter(run.workdir)
     _record_run_files(run)
@@ -397,11 +402,9 @@ def train_and_evaluate(
 
 
 def _record_run_files(run: _Run) -> None:
-    """Files that describe the run in its workdir (main process): ``config.json`` and the
-    resolved preprocessing plan (``plan.json``, which ``--mode=predict`` reads)."""
+    """The resolved preprocessing plan in the workdir (main process): ``plan.json``, which
+    ``--mode=predict`` reads (``config.json`` is written by ``workdir.check_and_save_config``)."""
     if distributed.is_main():
-        with open(os.path.join(run.workdir, "config.json"), "w") as f:
-            f.write(run.config.to_json_best_effort(indent=1))
         from medjax.predict import plan as plan_lib
 
         plan_lib.record_plan(run.task, run.config, run.workdir)

@@ -45,8 +45,10 @@ def state_sharding(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
 
 
 def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh, key: str) -> None:
-    """The global batch must split evenly over the data axis."""
+    """The global batch must be a positive integer that splits evenly over the data axis."""
     n = int(np.prod(mesh.devices.shape))
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise errors.ConfigError(f"{key}={batch_size!r}: expected a positive integer.")
     if batch_size % n:
         raise errors.ConfigError(
             f"{key}={batch_size} is not divisible by the {n} devices of the mesh."

@@ -147,3 +147,8 @@ def test_a_different_model_is_not_mistaken_for_damage(trained, tmp_path):
     run.ckpt.close()
     assert "BatchNorm_0/bias: saved (4,), model (8,)" in str(e.value)
     assert sorted(os.listdir(ckpt)) == ["4", "8"]
+    # Training refuses earlier, from the saved config, naming the key (same message family as
+    # a changed loss or optimiser: medjax/train/workdir.py), before touching the checkpoints.
+    with pytest.raises(errors.ConfigError, match=r"model\.kwargs\.features: 4 -> 8"):
+        loop.train_and_evaluate(configs.tiny_unet(model__kwargs__features=8), workdir)
+    assert sorted(os.listdir(ckpt)) == ["4", "8"]

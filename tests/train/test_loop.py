@@ -103,7 +103,10 @@ def test_nan_loss_raises_clear_error_and_keeps_checkpoint(tmp_path):
     workdir = str(tmp_path)
     loop.train_and_evaluate(configs.tiny_unet(train__epochs=1), workdir)
     with pytest.raises(errors.TrainingError, match="Non-finite loss"):
-        loop.train_and_evaluate(configs.tiny_unet(optim__lr=1e30, train__epochs=2), workdir)
+        loop.train_and_evaluate(
+            configs.tiny_unet(optim__lr=1e30, train__epochs=2, train__allow_config_change=True),
+            workdir,
+        )
     # The good checkpoint of epoch 1 is still there and restorable.
     step, state = _params(workdir)
     assert step == 4
