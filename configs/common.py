@@ -158,6 +158,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict()
     c.log.images_every = 1  # epochs
     c.log.num_images = 4
+    # Experiment trackers besides TensorBoard/metrics.jsonl (pip install 'medjax[tracking]').
+    c.log.mlflow = False
+    c.log.mlflow_uri = ""  # "": $MLFLOW_TRACKING_URI, else file:<dirname(workdir)>/mlruns
+    c.log.wandb = False  # WANDB_MODE=offline: local files only (wandb sync uploads them)
+    c.log.wandb_project = "medjax"
+    c.log.system_every_steps = 0  # system/... (CPU, RSS, device memory, data wait); 0 = off
 
     # Hyperparameter sweeps (--mode=tune, Ray Tune; medjax/train/tune.py). Each param is
     # "config.key=dist(args)", dist one of choice / uniform / loguniform / grid, e.g.

@@ -27,6 +27,7 @@ from medjax.augment import compose as augment_lib
 from medjax.data import pipeline
 from medjax.losses import compound
 from medjax.models import layers
+from medjax.tracking import system
 from medjax.train import checkpoint as ckpt_lib
 from medjax.train import mesh as mesh_lib
 from medjax.train import metric_writer, optim
@@ -249,7 +250,7 @@ def train_and_evaluate(
     """
     run = _Run(config, workdir, for_training=True)
     profile = _profile_window(config.train.profile_steps, run.total_steps)  # before any work
-    writer = metric_writer.MetricWriter(run.workdir)
+    writer = metric_writer.MetricWriter(run.workdir, config)
     if distributed.is_main():
         with open(os.path.join(run.workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=1))
@@ -277,6 +278,7 @@ def train_and_evaluate(
     it = pipeline.TrainIterator(dataset, run.batch_sh)
     if data_state is not None:
         it.set_state(data_state)
+    monitor = system.SystemMonitor(config.log.system_every_steps, writer)  # system/... scalars
     # Made and placed before the transfer guard: the step takes it replicated.
     # (made by a jitted function: device_put cannot reach other processes' devices).
     base_key = jax.jit(lambda: jax.random.key(config.seed + 1), out_shardings=run.repl_sh)()
@@ -307,7 +309,7 @@ def train_and_evaluate(
                     if profile and step == profile[0]:
                         jax.profiler.start_trace(os.path.join(run.workdir, "profile"))
                         tracing = True
-                    batch = next(it)
+                    batch = monitor.next(it, step)
                     state, metrics = run.train_step(state, batch, base_key)
                     pending.append(metrics)
                     step += 1
@@ -546,8 +548,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             w.writeheader()
             w.writerows(per_case)
         run.task.write_outputs(split, preds, per_case, out_dir)
-    writer = metric_writer.MetricWriter(run.workdir)
+    writer = metric_writer.MetricWriter(run.workdir, config)
     writer.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()})
+    writer.write_artifacts(out_dir)
     writer.close()
     run.ckpt.close()
     _say(
