@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from medjax import distributed, errors
+from medjax import distributed, errors, progress
 from medjax.data import pipeline, sources
 from medjax.metrics import confusion
 
@@ -39,11 +39,13 @@ def evaluate_split(
     per_case: list[dict[str, Any]] = []
     predictions: dict[int, np.ndarray] = {}
     loss_sum = 0.0
+    bar = progress.Progress(len(source), "eval", unit="case")
     for host_batch in pipeline.eval_batches(source, batch_size):
         out = distributed.to_host(
             eval_fn(state, distributed.global_from_host(host_batch, sharding))
         )
         valid = host_batch["valid"]
+        bar.update(int(valid.sum()))
         counts = {k: np.asarray(out[k], np.float64)[valid] for k in totals}  # [n, K']
         for k in totals:
             totals[k] += counts[k].sum()
@@ -55,6 +57,7 @@ def evaluate_split(
             per_case.append(entry)
             if keep_predictions:
                 predictions[int(index)] = np.asarray(out["pred"])[valid][row].astype(np.uint8)
+    bar.close()
     pooled = {
         k: float(np.mean(v))
         for k, v in confusion.from_counts({k: np.array([v]) for k, v in totals.items()}).items()
@@ -171,6 +174,7 @@ def evaluate_volumes(
 
     totals = {k: 0.0 for k in ("tp", "fp", "fn", "tn")}
     per_case, predictions = [], {}
+    bar = progress.Progress(len(source), "eval (sliding window)", unit="case")
     for index in range(len(source)):
         record = source[index]
         logits = sliding_window.sliding_window_predict(
@@ -205,6 +209,8 @@ def evaluate_volumes(
         per_case.append(entry)
         if keep_predictions:
             predictions[index] = pred
+        bar.update()
+    bar.close()
     pooled = {
         k: float(np.mean(v))
         for k, v in confusion.from_counts({k: np.array([v]) for k, v in totals.items()}).items()

@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from medjax import distributed, errors, registry
+from medjax import distributed, errors, progress, registry
 from medjax.augment import compose as augment_lib
 from medjax.data import pipeline
 from medjax.losses import compound
@@ -279,6 +279,7 @@ def train_and_evaluate(
     if data_state is not None:
         it.set_state(data_state)
     monitor = system.SystemMonitor(config.log.system_every_steps, writer)  # system/... scalars
+    run_eta = progress.RunEta(run.total_steps, start_step)
     # Made and placed before the transfer guard: the step takes it replicated.
     # (made by a jitted function: device_put cannot reach other processes' devices).
     base_key = jax.jit(lambda: jax.random.key(config.seed + 1), out_shardings=run.repl_sh)()
@@ -335,7 +336,7 @@ def train_and_evaluate(
                             time.time() - epoch_start_time,
                             scalars["loss"],
                         )
-            _say("")
+            _say("  " + run_eta.line(step))  # ends the epoch's progress line
             is_last = epoch + 1 == config.train.epochs
             if (epoch + 1) % config.train.val_every == 0 or is_last:
                 last_val, _, preds = run.evaluate(
