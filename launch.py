@@ -22,7 +22,10 @@ flags.DEFINE_string(
     "workdir", None, "Run folder (checkpoints, logs). Default: a new folder under runs/."
 )
 flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "preprocess", "tune"], "What to do (tune: a sweep)."
+    "mode",
+    "train",
+    ["train", "eval", "preprocess", "tune", "explain"],
+    "What to do (tune: a sweep; explain: saliency maps of the best checkpoint).",
 )
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
@@ -110,6 +113,10 @@ def main(argv: list[str]) -> None:
         elif FLAGS.mode == "train":
             loop.train_and_evaluate(config, workdir)
             loop.evaluate(config, workdir)
+        elif FLAGS.mode == "explain":
+            from medjax.explain import maps
+
+            print(f"medjax: wrote {maps.explain(config, workdir)}", file=sys.stderr)
         else:
             loop.evaluate(config, workdir)
     except errors.MedjaxError as e:

@@ -165,6 +165,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.log.wandb_project = "medjax"
     c.log.system_every_steps = 0  # system/... (CPU, RSS, device memory, data wait); 0 = off
 
+    # --mode=explain (medjax/explain/maps.py): saliency maps of the best checkpoint's cases.
+    c.explain = ml_collections.ConfigDict()
+    c.explain.split = "val"
+    c.explain.cases = ()  # case ids; () = the first num_cases of the split
+    c.explain.num_cases = 2
+    c.explain.target_class = -1  # -1: the predicted class (classification) / class 1 (seg.)
+    c.explain.ig_steps = 32  # integrated-gradients intervals (completeness error ~ 1/steps^2)
+    c.explain.ig_batch_size = 8  # path points differentiated at once (memory: that many)
+
     # Hyperparameter sweeps (--mode=tune, Ray Tune; medjax/train/tune.py). Each param is
     # "config.key=dist(args)", dist one of choice / uniform / loguniform / grid, e.g.
     # "optim.lr=loguniform(1e-4, 1e-2)". A tuple, so --config.tune.params='("...",)' overrides it.

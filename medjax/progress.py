@@ -55,6 +55,7 @@ class Progress:
         self.done = 0
         self.start = time.perf_counter()
         self._last_draw = -float("inf")
+        self._drawn = -1  # the count last drawn
         self._closed = False
 
     def line(self) -> str:
@@ -72,13 +73,14 @@ class Progress:
         self.done += n
         now = time.perf_counter()
         if self.enabled and (now - self._last_draw >= self.min_interval or self.done >= self.total):
-            self._last_draw = now
+            self._last_draw, self._drawn = now, self.done
             print("\r" + self.line(), end="", file=self.stream, flush=True)
 
     def close(self) -> None:
         """Draws the final line and ends it (once)."""
         if self.enabled and not self._closed:
-            print("\r" + self.line(), file=self.stream, flush=True)
+            line = "" if self._drawn == self.done else "\r" + self.line()
+            print(line, file=self.stream, flush=True)
         self._closed = True
 
     def __enter__(self) -> Progress:

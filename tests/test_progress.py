@@ -25,9 +25,18 @@ def test_progress_prints_counts_rate_and_eta_and_ends_the_line():
             p.update()
     text = out.getvalue()
     lines = text.split("\r")[1:]
-    assert len(lines) == 5 and text.endswith("\n")  # 4 updates + the closing line
+    assert len(lines) == 4 and text.endswith("\n")  # 4 updates, the last one ended
     assert re.fullmatch(r"eval val 2/4 \d+\.\d\d case/s ETA (\d+s|\?)", lines[1])
     assert lines[-1].startswith("eval val 4/4 ") and lines[-1].rstrip().endswith("ETA 0s")
+
+
+def test_progress_close_draws_the_count_not_yet_shown():
+    out = io.StringIO()
+    p = progress.Progress(10, "x", stream=out, min_interval=1e9, enabled=True)
+    p.update(3)  # drawn (first)
+    p.update(2)  # too soon: not drawn
+    p.close()
+    assert [line.split()[1] for line in out.getvalue().split("\r")[1:]] == ["3/10", "5/10"]
 
 
 def test_progress_is_silent_when_disabled():
