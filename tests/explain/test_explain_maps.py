@@ -1,0 +1,61 @@
+"""--mode=explain end to end (tiny 2D segmentation run) and the explainer on a small classifier."""
+
+import glob
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator
+
+from medjax.explain import maps
+from medjax.testing import configs
+from medjax.train import loop
+
+
+def test_explain_mode_writes_overlays_and_tensorboard_images(tmp_path):
+    workdir = str(tmp_path)
+    config = configs.tiny_unet(train__epochs=1, log__num_images=0)
+    loop.train_and_evaluate(config, workdir)
+    config.explain.ig_steps = 4
+    config.explain.cases = ("val_0001",)
+    out = maps.explain(config, workdir)
+    files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "*.png")))
+    assert files == ["val_0001_gradient.png", "val_0001_integrated_gradients.png"]
+    png = np.asarray(Image.open(os.path.join(out, files[0])))
+    assert png.shape == (*config.data.patch_size, 3) and png.dtype == np.uint8
+    tags = set()
+    for f in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+        acc = event_accumulator.EventAccumulator(f, size_guidance={"images": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["images"])
+    assert {"explain/val_0001/gradient", "explain/val_0001/integrated_gradients"} <= tags
+    config.explain.cases = ("no_such_case",)
+    with pytest.raises(Exception, match="explain.cases"):
+        maps.explain(config, workdir)
+
+
+def test_explainer_of_a_cnn_classifier_has_gradcam_and_complete_ig():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.tanh(nn.Conv(3, (3, 3))(x))
+            return nn.Dense(2)(x.mean(axis=(1, 2)))
+
+    net = Net()
+    x = np.random.default_rng(0).normal(size=(6, 6, 2)).astype(np.float32)
+    variables = net.init(jax.random.key(1), x[None])
+
+    def apply_fn(xb):
+        return net.apply(variables, xb)
+
+    cfg = configs.tiny_unet().explain
+    cfg.ig_steps, cfg.target_class = 32, 1
+    out = {k: np.asarray(v) for k, v in maps.make_explainer(apply_fn, x.shape, cfg)(x).items()}
+    assert set(out) == {"gradient", "integrated_gradients", "gradcam"}
+    assert out["gradcam"].shape == (6, 6) and 0 <= out["gradcam"].min() <= out["gradcam"].max() <= 1
+    gap = float(apply_fn(x[None])[0, 1] - apply_fn(jnp.zeros_like(x)[None])[0, 1])
+    assert out["integrated_gradients"].astype(np.float64).sum() == pytest.approx(gap, abs=2e-3)
