@@ -110,6 +110,20 @@ class MlflowBackend:
         name = os.path.basename(os.path.normpath(directory))
         self.client.log_artifacts(self.run_id, directory, artifact_path=f"eval/{name}")
 
+    def write_model(
+        self, bundle_dir: str, input_shape: tuple[int, ...], output_shape: tuple[int, ...]
+    ) -> None:
+        """Logs an exported bundle as the run's pyfunc model (artifact path ``model``)."""
+        import tempfile
+
+        from medjax.tracking import mlflow_model
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow_model.save(
+                bundle_dir, os.path.join(tmp, "model"), input_shape, output_shape
+            )
+            self.client.log_artifacts(self.run_id, path, artifact_path="model")
+
     def close(self) -> None:
         self.client.set_terminated(
             self.run_id, status=self._RunStatus.to_string(self._RunStatus.FINISHED)

@@ -128,8 +128,17 @@ class MetricWriter:
         if self.is_main:
             self._each("write_artifacts", directory)
 
-    # TODO(issue 18): log the exported bundle of the best checkpoint as the MLflow run's model
-    # (with its input/output signature) once medjax/predict/bundle.py (export) is on main.
+    def write_model(
+        self, bundle_dir: str, input_shape: tuple[int, ...], output_shape: tuple[int, ...]
+    ) -> None:
+        """Logs an exported bundle (``--mode=export``) as the run's model where a backend has
+        models (MLflow: a pyfunc model ``float32[b, *input_shape] -> float32[b, *output_shape]``).
+        """
+        # TODO(issue 18): call from --mode=export (medjax/predict/bundle.export_bundle) with the
+        # bundle folder and the patch shapes; the export code was not in this branch.
+        if self.is_main:
+            for b in [b for b in self.backends if hasattr(b, "write_model")]:
+                self._each_one(b, "write_model", bundle_dir, input_shape, output_shape)
 
     def write_hparams(
         self, hparams: Mapping[str, Any], metrics: Mapping[str, float] | None = None
@@ -182,16 +191,19 @@ class MetricWriter:
 
     def _each(self, method: str, *args: Any) -> None:
         for b in list(self.backends):
-            if b is self._tb:
-                getattr(b, method)(*args)
-                continue
-            try:
-                getattr(b, method)(*args)
-            except Exception as e:
-                # An unreachable tracking server must not stop a training run: the backend is
-                # dropped (loudly) and TensorBoard/metrics.jsonl keep everything.
-                logging.error("%s.%s failed (%s); disabling it.", type(b).__name__, method, e)
-                self.backends.remove(b)
+            self._each_one(b, method, *args)
+
+    def _each_one(self, b: Any, method: str, *args: Any) -> None:
+        if b is self._tb:
+            getattr(b, method)(*args)
+            return
+        try:
+            getattr(b, method)(*args)
+        except Exception as e:
+            # An unreachable tracking server must not stop a training run: the backend is
+            # dropped (loudly) and TensorBoard/metrics.jsonl keep everything.
+            logging.error("%s.%s failed (%s); disabling it.", type(b).__name__, method, e)
+            self.backends.remove(b)
 
     def _remember(self, scalars: Mapping[str, float]) -> None:
         self._last.update(scalars)
