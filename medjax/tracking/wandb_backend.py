@@ -37,16 +37,22 @@ class WandbBackend:
             ) from e
         self._wandb = wandb
         run_id = base.read_ids(workdir).get("wandb", {}).get("run_id") or uuid.uuid4().hex[:12]
-        self.run = wandb.init(
-            project=config.log.wandb_project,
-            name=os.path.basename(os.path.normpath(workdir)),
-            id=run_id,
-            resume="allow",
-            dir=os.path.abspath(workdir),
-            config=base.flat_config(config),
-            settings=wandb.Settings(silent=True),
-            reinit="create_new",  # several writers (train, then eval) in one process
-        )
+        try:
+            self.run = wandb.init(
+                project=config.log.wandb_project,
+                name=os.path.basename(os.path.normpath(workdir)),
+                id=run_id,
+                resume="allow",
+                dir=os.path.abspath(workdir),
+                config=base.flat_config(config),
+                settings=wandb.Settings(silent=True),
+                reinit="create_new",  # several writers (train, then eval) in one process
+            )
+        except Exception as e:  # e.g. online without credentials in a batch job
+            raise errors.ConfigError(
+                f"log.wandb=True: W&B could not start ({e}). Log in (wandb login / WANDB_API_KEY), "
+                "or set WANDB_MODE=offline (wandb sync later), or log.wandb=False."
+            ) from e
         self.run.define_metric(STEP_KEY)
         self.run.define_metric("*", step_metric=STEP_KEY)
         base.write_ids(workdir, "wandb", {"run_id": run_id})
