@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -67,11 +68,14 @@ class WandbBackend:
             self.run.log({**logged, STEP_KEY: int(step)})
 
     def write_artifacts(self, directory: str) -> None:
-        # Run files (not a versioned Artifact): they sync with the run, offline included.
+        # Copied into the run's files folder (not a versioned Artifact): files there sync with
+        # the run, offline included, without wandb.save's symlink warnings.
+        name = os.path.basename(os.path.normpath(directory))
+        dest = os.path.join(self.run.dir, "eval", name)
+        os.makedirs(dest, exist_ok=True)
         for path in sorted(glob.glob(os.path.join(directory, "*"))):
             if os.path.isfile(path):
-                parent = os.path.dirname(os.path.normpath(directory))
-                self.run.save(path, base_path=parent, policy="now")
+                shutil.copy2(path, dest)
 
     def close(self) -> None:
         self.run.finish()

@@ -90,6 +90,8 @@ def test_wandb_offline_files_hold_the_same_scalars(run):
     last = [x for x in rows if "val/dice" in x and x["step"] == 8][-1]  # before the eval
     assert summary["val/dice"] == pytest.approx(last["val/dice"])
     assert any(k.startswith("val/samples") for h in history for k in h)  # images
+    evaluation = os.path.dirname(files[2])  # the evaluation's outputs are run files
+    assert os.path.exists(os.path.join(evaluation, "files", "eval", "val-step4", "metrics.json"))
 
 
 def test_system_metrics_are_logged_with_plausible_values(run):
