@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from medjax import distributed, errors, registry
+from medjax import distributed, errors, progress, registry
 from medjax.data import pipeline, store, synthetic
 from medjax.data.luna import csvs, froc
 from medjax.data.luna import sources as luna_sources
@@ -158,6 +158,7 @@ class LunaTask:
             zero_rule_class=classification.zero_rule(train_labels, max(self.num_classes, 2)),
         )
         loss_sum, rows, probs = 0.0, [], []
+        bar = progress.Progress(len(source), "eval", unit="cutout")
         for host, store_rows in self._batches(source, batch_size):
             out = distributed.to_host(
                 fns["step"](state, distributed.global_from_host(host, sharding))
@@ -168,6 +169,8 @@ class LunaTask:
             scores = classification.scores_from_logits(np.asarray(out["logits"]))[valid]
             probs.append(scores)
             rows.append(store_rows)
+            bar.update(int(valid.sum()))
+        bar.close()
         metrics = {k: float(v) for k, v in acc.result().items() if np.isscalar(v)}
         # The confusion matrix as scalars confusion/<true>_<pred>, so it is logged every epoch.
         for (t, p), count in np.ndenumerate(acc.confusion_matrix()):
