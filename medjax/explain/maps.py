@@ -135,8 +135,20 @@ def overlay(image: np.ndarray, amap: np.ndarray) -> np.ndarray:
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _write_case(out_dir: str, case_id: str, image, maps, props) -> dict[str, np.ndarray]:
-    """Files of one case; returns its TensorBoard overlays."""
+def write_case(
+    out_dir: str,
+    case_id: str,
+    image: np.ndarray,
+    maps: dict[str, np.ndarray],
+    props: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """Writes one case's maps to ``out_dir``; returns its overlays by TensorBoard tag.
+
+    Args:
+      image: ``float32[*spatial, C]`` as the model saw it.
+      maps: name -> ``float32[*spatial]``.
+      props: the case's preprocessing props (``spacing_mm`` gives the NIfTI voxel size).
+    """
     from medjax.data import io
 
     images = {}
@@ -197,7 +209,7 @@ def explain(config: ml_collections.ConfigDict, workdir: str) -> str:
         maps = {k: np.asarray(v, np.float32) for k, v in explainer(jnp.asarray(x)).items()}
         if distributed.is_main():
             os.makedirs(out_dir, exist_ok=True)
-            writer.write_images(step, _write_case(out_dir, str(case_id), x, maps, props))
+            writer.write_images(step, write_case(out_dir, str(case_id), x, maps, props))
         done.append(case_id)
         bar.update()
         if len(done) >= total:

@@ -59,3 +59,25 @@ def test_explainer_of_a_cnn_classifier_has_gradcam_and_complete_ig():
     assert out["gradcam"].shape == (6, 6) and 0 <= out["gradcam"].min() <= out["gradcam"].max() <= 1
     gap = float(apply_fn(x[None])[0, 1] - apply_fn(jnp.zeros_like(x)[None])[0, 1])
     assert out["integrated_gradients"].astype(np.float64).sum() == pytest.approx(gap, abs=2e-3)
+
+
+def test_write_case_3d_gives_nifti_on_the_input_grid_and_the_busiest_slice(tmp_path):
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(4, 6, 8, 1)).astype(np.float32)
+    ig = np.zeros((4, 6, 8), np.float32)
+    ig[2, 1:3, 2:5] = [[1.0, -2.0, 0.5], [0.0, 3.0, 0.0]]  # slice 2 holds all attribution
+    images = maps.write_case(
+        str(tmp_path), "c1", image, {"integrated_gradients": ig}, {"spacing_mm": (2.5, 1.0, 0.5)}
+    )
+    for name, ref in (("image", image[..., 0]), ("integrated_gradients", ig)):
+        nii = nib.load(tmp_path / f"c1_{name}.nii.gz")
+        # NIfTI's axes are (x, y, z) = our (W, H, D) reversed
+        np.testing.assert_allclose(nii.get_fdata().transpose(2, 1, 0), ref, rtol=1e-6)
+        np.testing.assert_allclose(nii.header.get_zooms(), (0.5, 1.0, 2.5))
+    rgb = images["explain/c1/integrated_gradients"]
+    assert rgb.shape == (6, 8, 3) and rgb.dtype == np.uint8
+    red, blue = rgb[..., 0].astype(int), rgb[..., 2].astype(int)
+    assert red[2, 3] > blue[2, 3] + 100  # the largest positive attribution is red
+    assert blue[1, 3] > red[1, 3] + 100  # the negative one blue
