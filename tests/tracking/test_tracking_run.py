@@ -105,3 +105,17 @@ def test_system_metrics_are_logged_with_plausible_values(run):
         assert x["system/rss_gb"] > 0.01
         assert 0.0 <= x["system/data_wait_fraction"] <= 1.0
     assert np.isfinite([x["system/rss_gb"] for x in sys_rows]).all()
+
+
+def test_tensorboard_holds_the_same_scalars(run):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    _, workdir, _, rows, _ = run
+    got = []
+    for f in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        acc = event_accumulator.EventAccumulator(f, size_guidance={"scalars": 0})
+        acc.Reload()
+        if "train/loss" in acc.Tags()["scalars"]:
+            got += [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    expected = [(x["step"], x["train/loss"]) for x in rows if "train/loss" in x]
+    assert sorted(got) == pytest.approx(expected, rel=1e-6)  # float32 in the event file
