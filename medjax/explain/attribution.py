@@ -61,26 +61,27 @@ def integrated_gradients(
     return (x - b) * grads.sum(axis=0)
 
 
-def region_score(logits: jax.Array, cls: int) -> jax.Array:
+def region_score(logits: jax.Array, cls: int | jax.Array) -> jax.Array:
     """Segmentation score: the sum of class ``cls``'s logit over the voxels predicted ``cls``.
 
     ``logits: float32[*spatial, K]`` (K = 1: sigmoid foreground). The mask is the model's own
     prediction with its gradient stopped, so the map explains that region's evidence.
     """
-    if logits.shape[-1] == 1:
-        mask = logits[..., 0] > 0 if cls == 1 else logits[..., 0] <= 0
-        logit = logits[..., 0] if cls == 1 else -logits[..., 0]
+    if logits.shape[-1] == 1:  # jnp.where: ``cls`` may be traced
+        positive = cls == 1
+        mask = jnp.where(positive, logits[..., 0] > 0, logits[..., 0] <= 0)
+        logit = jnp.where(positive, logits[..., 0], -logits[..., 0])
     else:
         mask = jnp.argmax(logits, axis=-1) == cls
-        logit = logits[..., cls]
+        logit = jnp.take(logits, cls, axis=-1)
     return jnp.sum(jnp.where(jax.lax.stop_gradient(mask), logit, 0.0))
 
 
-def class_score(logits: jax.Array, cls: int) -> jax.Array:
+def class_score(logits: jax.Array, cls: int | jax.Array) -> jax.Array:
     """Classification score of one example's ``logits: float32[K]`` (K = 1: the logit, sign by
     class)."""
-    if logits.shape[-1] == 1:
-        return logits[0] if cls == 1 else -logits[0]
+    if logits.shape[-1] == 1:  # jnp.where: ``cls`` may be traced (the predicted class)
+        return jnp.where(cls == 1, logits[0], -logits[0])
     return logits[cls]
 
 

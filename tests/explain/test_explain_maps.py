@@ -61,6 +61,22 @@ def test_explainer_of_a_cnn_classifier_has_gradcam_and_complete_ig():
     assert out["integrated_gradients"].astype(np.float64).sum() == pytest.approx(gap, abs=2e-3)
 
 
+def test_explainer_of_a_sigmoid_classifier_explains_its_predicted_class():
+    w = np.random.default_rng(3).normal(size=(4, 4, 1)).astype(np.float32)
+
+    def apply_fn(xb):  # K = 1: logit = sum(w * x), no convolution (no Grad-CAM)
+        return jnp.sum(w * xb, axis=(1, 2, 3))[:, None]
+
+    cfg = configs.tiny_unet().explain
+    cfg.ig_steps = 2
+    explain = maps.make_explainer(apply_fn, w.shape, cfg)
+    for sign in (1.0, -1.0):  # predicted class 1 (logit > 0), then class 0 (score = -logit)
+        x = sign * np.sign(w) * np.float32(0.5)
+        out = explain(x)
+        assert set(out) == {"gradient", "integrated_gradients"}
+        np.testing.assert_allclose(out["integrated_gradients"], sign * (w * x)[..., 0], rtol=1e-5)
+
+
 def test_write_case_3d_gives_nifti_on_the_input_grid_and_the_busiest_slice(tmp_path):
     import nibabel as nib
 
