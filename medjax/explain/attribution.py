@@ -89,12 +89,21 @@ def last_conv_path(apply_fn: Callable[..., Any], x: jax.Array) -> tuple[str, ...
     """The module path of the last ``nn.Conv`` a model calls on ``x`` (Grad-CAM's layer).
 
     ``apply_fn(x)`` runs the model (e.g. ``lambda x: model.apply(variables, x)``).
+
+    Raises:
+      ValueError: no convolution, or attention after the last one (a ViT's patch embedding).
     """
     paths: list[tuple[str, ...]] = []
+    attention_after = False
 
     def record(next_fun, args, kwargs, context):
-        if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
-            paths.append(context.module.path)
+        nonlocal attention_after
+        if context.method_name == "__call__":
+            if isinstance(context.module, nn.Conv):
+                paths.append(context.module.path)
+                attention_after = False
+            elif isinstance(context.module, nn.MultiHeadDotProductAttention):
+                attention_after = True
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
@@ -103,6 +112,8 @@ def last_conv_path(apply_fn: Callable[..., Any], x: jax.Array) -> tuple[str, ...
         jax.eval_shape(lambda v: apply_fn(v), x)
     if not paths:
         raise ValueError("Grad-CAM needs a convolutional model: no nn.Conv was called.")
+    if attention_after:  # a ViT: its one conv is the patch embedding, not a feature map
+        raise ValueError("Grad-CAM needs a CNN: attention follows the last convolution.")
     return paths[-1]
 
 

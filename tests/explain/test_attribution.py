@@ -98,3 +98,19 @@ def test_region_score_sums_the_class_logit_over_the_predicted_region():
     assert float(attribution.region_score(binary, 1)) == pytest.approx(2.0)
     g = jax.grad(lambda v: attribution.region_score(v, 1))(binary)
     np.testing.assert_array_equal(g[..., 0], [[1.0, 0.0, 1.0]])  # mask fixed, not differentiated
+
+
+def test_last_conv_path_refuses_a_vit_patch_embedding():
+    class TinyViT(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            t = nn.Conv(8, (2, 2), strides=(2, 2))(x)  # patch embedding
+            t = t.reshape(t.shape[0], -1, 8)
+            t = nn.MultiHeadDotProductAttention(num_heads=2)(t, t)
+            return nn.Dense(2)(t.mean(axis=1))
+
+    net = TinyViT()
+    x = np.zeros((1, 4, 4, 1), np.float32)
+    variables = net.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="attention follows"):
+        attribution.last_conv_path(lambda v: net.apply(variables, v), x)
