@@ -72,18 +72,22 @@ def fit_to(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def make_explainer(apply_fn: Any, x_shape: tuple[int, ...], cfg: ml_collections.ConfigDict):
-    """A jitted ``x -> {map name: float32[*spatial]}`` for inputs of ``x_shape [*spatial, C]``.
+def make_explainer(
+    apply_fn: Any, variables: Any, x_shape: tuple[int, ...], cfg: ml_collections.ConfigDict
+):
+    """A jitted ``(variables, x) -> {map name: float32[*spatial]}`` for ``x [*x_shape]``.
 
-    ``apply_fn(x[None]) -> logits`` (``[1, K]`` classification, ``[1, *spatial, K]``
-    segmentation).
+    ``apply_fn(variables, x[None]) -> logits`` (``[1, K]`` classification, ``[1, *spatial, K]``
+    segmentation). The variables are an argument, not a closure: jit would embed closed-over
+    weights in the program as constants. ``variables`` here only fixes the model's structure.
     """
-    out_shape = jax.eval_shape(apply_fn, jax.ShapeDtypeStruct((1, *x_shape), jnp.float32)).shape
+    x0 = jax.ShapeDtypeStruct((1, *x_shape), jnp.float32)
+    out_shape = jax.eval_shape(apply_fn, variables, x0).shape
     segmentation = len(out_shape) > 2
     target = cfg.target_class
 
-    def score_of(x: jax.Array, cls: jax.Array | int) -> jax.Array:
-        out = apply_fn(x[None])[0]
+    def score_of(v: Any, x: jax.Array, cls: jax.Array | int) -> jax.Array:
+        out = apply_fn(v, x[None])[0]
         if segmentation:
             return attribution.region_score(out, cls)
         return attribution.class_score(out, cls)
@@ -91,22 +95,24 @@ def make_explainer(apply_fn: Any, x_shape: tuple[int, ...], cfg: ml_collections.
     layer = None
     if not segmentation:
         try:
-            layer = attribution.last_conv_path(apply_fn, jnp.zeros((1, *x_shape), jnp.float32))
+            layer = attribution.last_conv_path(
+                lambda xb: apply_fn(variables, xb), jnp.zeros((1, *x_shape), jnp.float32)
+            )
         except ValueError:
             logging.info("explain: no convolution in the model, no Grad-CAM")
 
     @jax.jit
-    def explain(x: jax.Array) -> dict[str, jax.Array]:
+    def explain(v: Any, x: jax.Array) -> dict[str, jax.Array]:
         if segmentation:
             cls = target if target >= 0 else 1
         elif target >= 0:
             cls = target
         else:
-            logits = apply_fn(x[None])[0]
+            logits = apply_fn(v, x[None])[0]
             cls = (logits[0] > 0).astype(jnp.int32) if logits.shape[-1] == 1 else logits.argmax()
 
-        def f(v):
-            return score_of(v, cls)
+        def f(xi):
+            return score_of(v, xi, cls)
 
         maps = {
             "gradient": jnp.abs(attribution.input_gradient(f, x)).sum(-1),
@@ -116,7 +122,7 @@ def make_explainer(apply_fn: Any, x_shape: tuple[int, ...], cfg: ml_collections.
         }
         if layer is not None:
             maps["gradcam"] = attribution.grad_cam(
-                apply_fn, x, lambda o: attribution.class_score(o[0], cls), layer
+                lambda xb: apply_fn(v, xb), x, lambda o: attribution.class_score(o[0], cls), layer
             )
         return maps
 
@@ -184,15 +190,18 @@ def explain(config: ml_collections.ConfigDict, workdir: str) -> str:
     if step is None:
         raise errors.CheckpointError(f"No checkpoint in {run.ckpt.directory}: train first.")
     state, _ = run.ckpt.restore(step, run.abstract_state)
-    state = jax.device_get(state)  # one example at a time: on the default device
+    # One example at a time, on the default device: the weights as host arrays.
+    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     run.ckpt.close()
     cfg = config.explain
     split = cfg.split
     wanted = list(cfg.cases)
     patch = tuple(run.task.input_shape()[1:-1])
 
-    def apply_fn(xb):
-        return step_lib.predict_logits(state, xb, precision="float32")
+    def apply_fn(v, xb):
+        return step_lib.predict_logits(
+            state.replace(params=v["params"], batch_stats=v["batch_stats"]), xb, precision="float32"
+        )
 
     out_dir = os.path.join(run.workdir, "explain", f"{split}-step{step}")
     writer = metric_writer.MetricWriter(run.workdir, config)
@@ -205,8 +214,10 @@ def explain(config: ml_collections.ConfigDict, workdir: str) -> str:
             continue
         x = fit_to(image, patch)
         if explainer is None:
-            explainer = make_explainer(apply_fn, x.shape, cfg)
-        maps = {k: np.asarray(v, np.float32) for k, v in explainer(jnp.asarray(x)).items()}
+            explainer = make_explainer(apply_fn, variables, x.shape, cfg)
+        maps = {
+            k: np.asarray(m, np.float32) for k, m in explainer(variables, jnp.asarray(x)).items()
+        }
         if distributed.is_main():
             os.makedirs(out_dir, exist_ok=True)
             writer.write_images(step, write_case(out_dir, str(case_id), x, maps, props))

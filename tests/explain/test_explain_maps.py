@@ -49,30 +49,31 @@ def test_explainer_of_a_cnn_classifier_has_gradcam_and_complete_ig():
     x = np.random.default_rng(0).normal(size=(6, 6, 2)).astype(np.float32)
     variables = net.init(jax.random.key(1), x[None])
 
-    def apply_fn(xb):
-        return net.apply(variables, xb)
+    def apply_fn(v, xb):
+        return net.apply(v, xb)
 
     cfg = configs.tiny_unet().explain
     cfg.ig_steps, cfg.target_class = 32, 1
-    out = {k: np.asarray(v) for k, v in maps.make_explainer(apply_fn, x.shape, cfg)(x).items()}
+    explain = maps.make_explainer(apply_fn, variables, x.shape, cfg)
+    out = {k: np.asarray(v) for k, v in explain(variables, x).items()}
     assert set(out) == {"gradient", "integrated_gradients", "gradcam"}
     assert out["gradcam"].shape == (6, 6) and 0 <= out["gradcam"].min() <= out["gradcam"].max() <= 1
-    gap = float(apply_fn(x[None])[0, 1] - apply_fn(jnp.zeros_like(x)[None])[0, 1])
+    gap = float(net.apply(variables, x[None])[0, 1] - net.apply(variables, 0 * x[None])[0, 1])
     assert out["integrated_gradients"].astype(np.float64).sum() == pytest.approx(gap, abs=2e-3)
 
 
 def test_explainer_of_a_sigmoid_classifier_explains_its_predicted_class():
     w = np.random.default_rng(3).normal(size=(4, 4, 1)).astype(np.float32)
 
-    def apply_fn(xb):  # K = 1: logit = sum(w * x), no convolution (no Grad-CAM)
-        return jnp.sum(w * xb, axis=(1, 2, 3))[:, None]
+    def apply_fn(v, xb):  # K = 1: logit = sum(w * x), no convolution (no Grad-CAM)
+        return jnp.sum(v["w"] * xb, axis=(1, 2, 3))[:, None]
 
     cfg = configs.tiny_unet().explain
     cfg.ig_steps = 2
-    explain = maps.make_explainer(apply_fn, w.shape, cfg)
+    explain = maps.make_explainer(apply_fn, {"w": w}, w.shape, cfg)
     for sign in (1.0, -1.0):  # predicted class 1 (logit > 0), then class 0 (score = -logit)
         x = sign * np.sign(w) * np.float32(0.5)
-        out = explain(x)
+        out = explain({"w": w}, x)
         assert set(out) == {"gradient", "integrated_gradients"}
         np.testing.assert_allclose(out["integrated_gradients"], sign * (w * x)[..., 0], rtol=1e-5)
 
