@@ -180,6 +180,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict()
     c.log.images_every = 1  # epochs
     c.log.num_images = 4
+    # Experiment trackers besides TensorBoard/metrics.jsonl (pip install 'medjax[tracking]').
+    c.log.mlflow = False
+    c.log.mlflow_uri = ""  # "": $MLFLOW_TRACKING_URI, else file:<dirname(workdir)>/mlruns
+    c.log.wandb = False  # WANDB_MODE=offline: local files only (wandb sync uploads them)
+    c.log.wandb_project = "medjax"
+    c.log.system_every_steps = 0  # system/... (CPU, RSS, device memory, data wait); 0 = off
+
+    # --mode=explain (medjax/explain/maps.py): saliency maps of the best checkpoint's cases.
+    c.explain = ml_collections.ConfigDict()
+    c.explain.split = "val"
+    c.explain.cases = ()  # case ids; () = the first num_cases of the split
+    c.explain.num_cases = 2
+    c.explain.target_class = -1  # -1: the predicted class (classification) / class 1 (seg.)
+    c.explain.ig_steps = 32  # integrated-gradients intervals (completeness error ~ 1/steps^2)
+    c.explain.ig_batch_size = 8  # path points differentiated at once (memory: that many)
 
     # --mode=predict: a trained run (--workdir) on new, unlabelled data (medjax/predict/).
     # Preprocessing always follows the run's recorded plan (<workdir>/plan.json).

@@ -35,9 +35,9 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "preprocess", "tune", "predict", "export"],
+    ["train", "eval", "preprocess", "tune", "predict", "export", "explain"],
     "What to do (tune: a sweep; predict: a trained --workdir on new data; export: a bundle of "
-    "it; --config optional for predict/export).",
+    "it; --config optional for predict/export; explain: saliency maps of the best checkpoint).",
 )
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
@@ -138,6 +138,10 @@ def _main(argv: list[str]) -> None:
             print(bundle.export_bundle(FLAGS.workdir, out, checkpoint=config.predict.checkpoint))
         elif FLAGS.mode == "train":
             loop.train_and_evaluate(config, workdir, evaluate_after=True)
+        elif FLAGS.mode == "explain":
+            from medjax.explain import maps
+
+            print(f"medjax: wrote {maps.explain(config, workdir)}", file=sys.stderr)
         else:
             if not os.path.isdir(os.path.join(workdir, "ckpt")):  # and never create it
                 raise errors.CheckpointError(
@@ -157,7 +161,7 @@ def _main(argv: list[str]) -> None:
         sys.exit(2)
 
 
-SUBCOMMANDS = ("train", "eval", "predict", "export", "preprocess", "tune")
+SUBCOMMANDS = ("train", "eval", "predict", "export", "preprocess", "tune", "explain")
 
 
 def packaged_config(name: str) -> str | None:

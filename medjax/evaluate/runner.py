@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from medjax import distributed
+from medjax import distributed, progress
 from medjax.tasks import base
 
 
@@ -45,6 +45,8 @@ def evaluate(
     """
     evaluation = task.evaluation(split, keep_predictions=keep_predictions)
     inputs = evaluation.inputs
+    source = getattr(evaluation, "source", None)
+    bar = progress.Progress(len(source) if source is not None else 0, f"eval {split}", unit="case")
     fn = fns[inputs.fn]
     if isinstance(inputs, base.Batches):
         for batch in inputs.make(batch_size):
@@ -54,6 +56,7 @@ def evaluate(
                 fn(state, distributed.global_from_host(device, batch_sharding))
             )
             evaluation.accumulate(out, batch)
+            bar.update(int(batch["valid"].sum()))
     elif isinstance(inputs, base.Windows):
         from medjax.evaluate import sliding_window
 
@@ -71,8 +74,10 @@ def evaluate(
             )
             case = {"index": np.asarray([index], np.int32), "valid": np.ones(1, bool)}
             evaluation.accumulate({"logits": np.asarray(logits)[None]}, case)
+            bar.update()
     else:
         raise TypeError(f"{type(task).__name__}.evaluation().inputs is {type(inputs).__name__}")
+    bar.close()
     return evaluation.finalize()
 
 

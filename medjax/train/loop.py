@@ -23,13 +23,14 @@ import optax
 from absl import logging
 from flax import traverse_util
 
-from medjax import distributed, errors, registry
+from medjax import distributed, errors, progress, registry
 from medjax.augment import compose as augment_lib
 from medjax.data import pipeline
 from medjax.evaluate import runner
 from medjax.losses import compound
 from medjax.models import spec as model_spec
 from medjax.tasks import base
+from medjax.tracking import system
 from medjax.train import checkpoint as ckpt_lib
 from medjax.train import hooks, metric_writer, optim
 from medjax.train import mesh as mesh_lib
@@ -278,7 +279,7 @@ def train_and_evaluate(
     resuming = run.ckpt.latest_step() is not None
     workdir_lib.check_and_save_config(config, run.workdir, resuming=resuming)
     cadences = hooks.Cadences.from_config(config, run.steps_per_epoch, run.total_steps)
-    writer = metric_writer.MetricWriter(run.workdir)
+    writer = metric_writer.MetricWriter(run.workdir, config)
     _record_run_files(run)
     # -- state: resume > init_from > fresh --
     val_hooks = hooks.validation_hooks(config)
@@ -307,6 +308,8 @@ def train_and_evaluate(
     it = pipeline.TrainIterator(dataset, run.batch_sh)
     if data_state is not None:
         it.set_state(data_state)
+    monitor = system.SystemMonitor(config.log.system_every_steps, writer)  # system/... scalars
+    run_eta = progress.RunEta(run.total_steps, start_step)
     # Made and placed before the transfer guard: the step takes it replicated.
     # (made by a jitted function: device_put cannot reach other processes' devices).
     base_key = jax.jit(lambda: jax.random.key(config.seed + 1), out_shardings=run.repl_sh)()
@@ -325,7 +328,7 @@ def train_and_evaluate(
                 jax.profiler.start_trace(os.path.join(run.workdir, "profile"))
                 tracing = True
             with jax.transfer_guard("disallow"):
-                state, metrics = run.train_step(state, next(it), base_key)
+                state, metrics = run.train_step(state, monitor.next(it, step), base_key)
             pending.append(metrics)
             step += 1
             epoch = (step - 1) // spe  # 0-based epoch of this step
@@ -347,7 +350,7 @@ def train_and_evaluate(
                 )
             if not cadences.epoch_end(step):
                 continue
-            hooks.say("")
+            hooks.say("  " + run_eta.line(step))  # ends the epoch's progress line
             if cadences.validate(step):
                 last_val, state = _validate(run, state, step, writer, val_hooks, cadences)
                 if on_validation is not None:
@@ -505,8 +508,9 @@ def _evaluate_run(run: _Run) -> dict[str, Any]:
             w.writeheader()
             w.writerows(per_case)
         run.task.write_outputs(split, result, out_dir)
-    writer = metric_writer.MetricWriter(run.workdir)
+    writer = metric_writer.MetricWriter(run.workdir, config)
     writer.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()})
+    writer.write_artifacts(out_dir)
     writer.close()
     hooks.say(
         f"medjax: {split} metrics of step {step}: "
