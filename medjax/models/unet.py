@@ -1,7 +1,9 @@
 """UNet for 2D and 3D segmentation (the seed's ``UNET``, nnU-Net-style options).
 
 One module serves both ranks; the input decides: ``[B, H, W, C]`` or ``[B, D, H, W, C]``.
-Spatial sizes must be divisible by ``2**(depth-1)`` (the loader's patch size guarantees it).
+Spatial sizes must be divisible by ``2**(depth-1)`` (the loader's patch size guarantees it), or
+with ``pool_strides`` by the product of each axis's strides (nnU-Net's per-axis pooling for
+anisotropic data, as ``medjax.plan`` plans it).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from medjax import errors, registry
 from medjax.models import layers
@@ -31,6 +34,11 @@ class UNet(nn.Module):
         (finest first), for a deep-supervision loss.
       remat: rematerialise each level's block in the backward pass (memory for big patches).
       dtype: compute dtype; None follows inputs and parameters (bf16 when the step casts them).
+      pool_strides: per level transition (``depth - 1`` of them) the pooling factor per spatial
+        axis, e.g. ``((1, 2, 2), (2, 2, 2), ...)``; the decoder upsamples by the same factors.
+        None: 2 on every axis at every transition.
+      kernel_sizes: per level (``depth`` of them) the convolution kernel per spatial axis, e.g.
+        ``((1, 3, 3), (3, 3, 3), ...)``; None: 3 everywhere.
 
     Returns logits ``float32[B, *spatial, K]`` (a list of them with deep supervision in training).
     """
@@ -42,6 +50,8 @@ class UNet(nn.Module):
     deep_supervision: bool = False
     remat: bool = False
     dtype: Any = None
+    pool_strides: Sequence[Sequence[int]] | None = None
+    kernel_sizes: Sequence[Sequence[int]] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
@@ -49,10 +59,32 @@ class UNet(nn.Module):
             raise errors.ConfigError(
                 f"UNet input must be [B, H, W, C] or [B, D, H, W, C], got {x.shape}."
             )
-        factor = 2 ** (len(self.features) - 1)
-        if any(s % factor for s in x.shape[1:-1]):
+        nd, depth = x.ndim - 2, len(self.features)
+        strides = (
+            [(2,) * nd] * (depth - 1)
+            if self.pool_strides is None
+            else [tuple(int(s) for s in st) for st in self.pool_strides]
+        )
+        kernels = (
+            [3] * depth
+            if self.kernel_sizes is None
+            else [tuple(int(k) for k in ks) for ks in self.kernel_sizes]
+        )
+        if len(strides) != depth - 1 or any(len(st) != nd for st in strides):
             raise errors.ConfigError(
-                f"UNet with depth {len(self.features)} needs spatial sizes divisible by {factor}, "
+                f"model.kwargs.pool_strides={self.pool_strides}: need {depth - 1} entries of "
+                f"{nd} factors for depth {depth} on {nd}D inputs."
+            )
+        if len(kernels) != depth or any(k != 3 and len(k) != nd for k in kernels):
+            raise errors.ConfigError(
+                f"model.kwargs.kernel_sizes={self.kernel_sizes}: need {depth} entries of "
+                f"{nd} sizes for depth {depth} on {nd}D inputs."
+            )
+        factor = tuple(int(np.prod([st[a] for st in strides])) for a in range(nd))
+        if any(s % f for s, f in zip(x.shape[1:-1], factor, strict=True)):
+            raise errors.ConfigError(
+                f"UNet with depth {depth} needs spatial sizes divisible by "
+                f"{factor[0] if len(set(factor)) == 1 else factor}, "
                 f"got {x.shape[1:-1]}."
             )
         block = nn.remat(layers.ConvBlock, static_argnums=(2,)) if self.remat else layers.ConvBlock
@@ -61,16 +93,28 @@ class UNet(nn.Module):
         skips = []
         for level, f in enumerate(self.features):
             if level > 0:
-                x = layers.max_pool2(x)
-            x = block(f, self.norm, self.residual, self.dtype, name=f"enc{level}")(x, train)
+                # The uniform 2x pool keeps its own (measured) path; a per-axis one the general.
+                st = strides[level - 1]
+                x = layers.max_pool2(x) if st == (2,) * nd else layers.max_pool(x, st)
+            x = block(
+                f,
+                self.norm,
+                self.residual,
+                self.dtype,
+                kernel_size=kernels[level],
+                name=f"enc{level}",
+            )(x, train)
             skips.append(x)
         x = skips.pop()
         outputs = []
         for level in reversed(range(len(self.features) - 1)):
             f = self.features[level]
-            x = layers.UpsampleMatmul(f, self.dtype, name=f"up{level}")(x)
+            up = None if self.pool_strides is None else strides[level]
+            x = layers.UpsampleMatmul(f, self.dtype, factors=up, name=f"up{level}")(x)
             x = jnp.concatenate([x, skips[level]], axis=-1)
-            x = block(f, self.norm, False, self.dtype, name=f"dec{level}")(x, train)
+            x = block(
+                f, self.norm, False, self.dtype, kernel_size=kernels[level], name=f"dec{level}"
+            )(x, train)
             if self.deep_supervision and level > 0:
                 # Created at init too (train=False), so the parameters exist for training.
                 outputs.append(self._head(x, f"ds{level}"))
@@ -108,6 +152,8 @@ def get_unet(
     remat: bool = False,
     last_activation: str = "sigmoid",
     dtype: str | None = None,
+    pool_strides: Sequence[Sequence[int]] | None = None,
+    kernel_sizes: Sequence[Sequence[int]] | None = None,
 ) -> UNet:
     """Builds a UNet with the seed's knobs.
 
@@ -121,6 +167,8 @@ def get_unet(
       norm, residual, deep_supervision, remat: see ``UNet``.
       dtype: compute dtype name (``float32`` | ``bfloat16``); None follows the inputs and
         parameters, which is how ``train.precision=bfloat16`` runs (the step casts both).
+      pool_strides, kernel_sizes: per-axis pooling and kernels (see ``UNet``); None: 2 and 3
+        on every axis. ``medjax.plan`` fills them from the dataset (``plan.auto=True``).
     """
     del in_channels
     if use_batch_norm is not None:
@@ -137,4 +185,11 @@ def get_unet(
         deep_supervision=deep_supervision,
         remat=remat,
         dtype=None if dtype is None else jnp.dtype(dtype),
+        pool_strides=_nested_tuple(pool_strides),
+        kernel_sizes=_nested_tuple(kernel_sizes),
     )
+
+
+def _nested_tuple(values: Sequence[Sequence[int]] | None) -> tuple | None:
+    """Lists (from JSON or the command line) as hashable tuples: module fields must hash."""
+    return None if values is None else tuple(tuple(int(v) for v in row) for row in values)
