@@ -22,7 +22,11 @@ flags.DEFINE_string(
     "workdir", None, "Run folder (checkpoints, logs). Default: a new folder under runs/."
 )
 flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "preprocess", "tune"], "What to do (tune: a sweep)."
+    "mode",
+    "train",
+    ["train", "eval", "preprocess", "tune", "plan", "cv_summary"],
+    "What to do (tune: a sweep; plan: print and record the planned patch/batch/UNet; "
+    "cv_summary: collect the folds of <workdir>).",
 )
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
@@ -100,6 +104,19 @@ def main(argv: list[str]) -> None:
         jax.devices(),
     )
     try:
+        if FLAGS.mode == "plan" or (config.plan.auto and FLAGS.mode in ("train", "eval")):
+            from medjax.plan import apply as plan_lib
+
+            overrides = plan_lib.command_line_overrides(sys.argv)
+            if FLAGS.mode == "plan":
+                plan = plan_lib.plan_for_config(config, overrides)
+                path = plan_lib.write_plan(plan, workdir)
+                if distributed.is_main():
+                    from medjax.plan import planner
+
+                    print(planner.describe(plan) + f"\nrecorded in {path}")
+                return
+            config = plan_lib.apply(config, workdir, overrides)
         if FLAGS.mode == "preprocess":
             # The task prepares its own data (segmentation/classification store, LUNA cutouts);
             # process 0 first, the others then reuse it.
