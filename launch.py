@@ -92,7 +92,8 @@ def main(argv: list[str]) -> None:
     import jax
 
     from medjax import distributed, errors, registry
-    from medjax.train import loop
+    from medjax.data import splits
+    from medjax.train import crossval, loop
 
     config = FLAGS.config
     workdir = FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
@@ -124,6 +125,10 @@ def main(argv: list[str]) -> None:
             task = distributed.primary_first(lambda: make_task(config), "medjax-preprocess")
             if distributed.is_main():
                 print(task.describe())
+        elif FLAGS.mode == "cv_summary":
+            crossval.summarize(workdir, config.data.val_split)
+        elif FLAGS.mode == "train" and splits.active_fold(config) == "all":
+            crossval.train_folds(config, workdir)  # fold_<k>/ each, then cv_summary.json
         elif FLAGS.mode == "train":
             loop.train_and_evaluate(config, workdir)
             loop.evaluate(config, workdir)

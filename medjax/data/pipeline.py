@@ -22,6 +22,7 @@ from absl import flags
 
 from medjax import errors, registry
 from medjax.data import sources, store, synthetic, transforms
+from medjax.data import splits as splits_lib
 from medjax.data.luna import sources as luna_sources
 
 _EPOCHS_AHEAD = 1_000_000  # BalancedIndices is "endless": this many epochs
@@ -100,6 +101,9 @@ def prepare_data(config: ml_collections.ConfigDict) -> Data:
             split = _assign_split(entry["id"], config.data.val_fraction)
             split = config.data.val_split if split == "val" else config.data.train_split
         splits.setdefault(split, []).append(entry)
+    # k-fold cross-validation (data.fold): train + val re-split by <store>/splits.json.
+    groups = {cid: str(c.get("group") or cid) for cid, c in crawled.items()}
+    splits = splits_lib.apply_fold(splits, config, store_dir, groups)
     # Without a test split the validation split is also the test split.
     splits.setdefault(config.data.test_split, splits.get(config.data.val_split, []))
     return Data(store_dir=store_dir, root=root, splits=splits)
