@@ -38,7 +38,8 @@ def fold_config(config: ml_collections.ConfigDict, fold: int) -> ml_collections.
     """``config`` for one fold: ``data.fold=k``, evaluated on that fold's validation cases."""
     out = config.copy_and_resolve_references()
     with out.unlocked():
-        out.data.fold = fold
+        # A string: the field took str's type from "all" (ml_collections keeps the first type).
+        out.data.fold = str(fold)
         out.eval.split = config.data.val_split
     return out
 
