@@ -24,9 +24,10 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "preprocess", "tune", "plan", "cv_summary"],
+    ["train", "eval", "preprocess", "tune", "plan", "cv_summary", "choose_postprocessing"],
     "What to do (tune: a sweep; plan: print and record the planned patch/batch/UNet; "
-    "cv_summary: collect the folds of <workdir>).",
+    "cv_summary: collect the folds of <workdir>; choose_postprocessing: per-class "
+    "post-processing from the validation predictions, into <workdir>/postprocessing.json).",
 )
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
@@ -105,19 +106,12 @@ def main(argv: list[str]) -> None:
         jax.devices(),
     )
     try:
-        if FLAGS.mode == "plan" or (config.plan.auto and FLAGS.mode in ("train", "eval")):
+        if FLAGS.mode == "plan" or config.plan.auto:
             from medjax.plan import apply as plan_lib
 
-            overrides = plan_lib.command_line_overrides(sys.argv)
-            if FLAGS.mode == "plan":
-                plan = plan_lib.plan_for_config(config, overrides)
-                path = plan_lib.write_plan(plan, workdir)
-                if distributed.is_main():
-                    from medjax.plan import planner
-
-                    print(planner.describe(plan) + f"\nrecorded in {path}")
-                return
-            config = plan_lib.apply(config, workdir, overrides)
+            config = plan_lib.for_mode(config, workdir, FLAGS.mode, sys.argv)
+            if config is None:
+                return  # --mode=plan: printed and recorded
         if FLAGS.mode == "preprocess":
             # The task prepares its own data (segmentation/classification store, LUNA cutouts);
             # process 0 first, the others then reuse it.
@@ -127,6 +121,8 @@ def main(argv: list[str]) -> None:
                 print(task.describe())
         elif FLAGS.mode == "cv_summary":
             crossval.summarize(workdir, config.data.val_split)
+        elif FLAGS.mode == "choose_postprocessing":
+            crossval.choose_postprocessing(config, workdir)
         elif FLAGS.mode == "train" and splits.active_fold(config) == "all":
             crossval.train_folds(config, workdir)  # fold_<k>/ each, then cv_summary.json
         elif FLAGS.mode == "train":

@@ -192,6 +192,27 @@ def apply(
     return with_plan(config, plan, overrides)
 
 
+def for_mode(
+    config: ml_collections.ConfigDict, workdir: str, mode: str, argv: list[str]
+) -> ml_collections.ConfigDict | None:
+    """What ``launch.py`` does with planning in ``mode``.
+
+    ``plan``: plans now, records ``<workdir>/plan_arch.json``, prints the plan, returns None.
+    ``preprocess`` / ``cv_summary``: the config unchanged (nothing is built). Any other mode
+    with ``plan.auto``: ``apply`` (overrides read from ``argv``).
+    """
+    overrides = command_line_overrides(argv)
+    if mode == "plan":
+        plan = plan_for_config(config, overrides)
+        path = write_plan(plan, workdir)
+        if distributed.is_main():
+            print(planner.describe(plan) + f"\nrecorded in {path}")
+        return None
+    if mode in ("preprocess", "cv_summary") or not config.plan.auto:
+        return config
+    return apply(config, workdir, overrides)
+
+
 def command_line_overrides(argv: list[str]) -> set[str]:
     """Dotted keys given as ``--config.a.b=v`` (or ``--config.a.b v``) in ``argv``."""
     keys = set()

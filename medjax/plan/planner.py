@@ -200,7 +200,7 @@ def describe(plan: Mapping[str, Any]) -> str:
     gib = 2**30
     return "\n".join(
         [
-            f"plan: target spacing {plan['spacing']} mm, median resampled shape "
+            f"plan: target spacing {[round(s, 4) for s in plan['spacing']]} mm, median shape "
             f"{[round(m, 1) for m in plan['median_shape']]}",
             f"  patch {plan['patch_size']}, batch {plan['batch_size']} per device "
             f"({plan['global_batch_size']} global)",

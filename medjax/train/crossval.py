@@ -7,6 +7,11 @@ validation cases (``<workdir>/fold_<k>/eval/<val split>-step<N>/``). ``summarize
 mean +- sd (sample sd, ddof=1) over the folds of every validation metric, plus the out-of-fold
 per-case rows of all folds pooled into one mean per metric ("pooled": every case once, as if
 one validation set). Written to ``<workdir>/cv_summary.json``.
+
+``choose_postprocessing(config, workdir)`` (``--mode=choose_postprocessing``) picks nnU-Net's
+per-class post-processing on the out-of-fold predictions of every fold (or on the validation
+split of a single run) and stores it as ``<workdir>/postprocessing.json``
+(``medjax.plan.postprocessing``).
 """
 
 from __future__ import annotations
@@ -160,3 +165,52 @@ def describe(summary: dict[str, Any]) -> str:
         )
         lines.append(f"  {name}".ljust(24) + cells + f"   {mean:.4f} +- {summary['sd'][name]:.4f}")
     return "\n".join(lines)
+
+
+def _validation_pairs(
+    config: ml_collections.ConfigDict, workdir: str
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Predicted and reference label maps of the validation split, from the best checkpoint."""
+    from medjax.train import loop
+
+    run = loop._Run(config, workdir, for_training=False)  # noqa: SLF001 - evaluate()'s setup
+    try:
+        step = run.ckpt.best_step() if config.eval.step < 0 else config.eval.step
+        if step is None:
+            raise errors.CheckpointError(f"No checkpoint in {run.ckpt.directory}: train first.")
+        state, _ = run.ckpt.restore(step, run.abstract_state)
+        split = config.data.val_split
+        _, _, preds = run.evaluate(state, split, keep_predictions=True)
+        source = run.task.data.source(split)
+        indices = sorted(preds)
+        return [preds[i] for i in indices], [np.asarray(source[i]["label"]) for i in indices]
+    finally:
+        run.ckpt.close()
+
+
+def choose_postprocessing(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Chooses and stores the post-processing (``<workdir>/postprocessing.json``).
+
+    With ``data.fold="all"`` on the out-of-fold validation predictions of every fold (each
+    from its own best checkpoint), else on the validation split of the run in ``workdir``.
+    Classes: 1 for a binary model (``out_channels=1``), else ``1..out_channels-1``.
+    """
+    from medjax.plan import postprocessing
+
+    if splits_lib.active_fold(config) == "all":
+        runs = [
+            (fold_config(config, k), fold_dir(workdir, k))
+            for k in range(int(config.data.num_folds))
+        ]
+    else:
+        runs = [(config, workdir)]
+    preds, truths = [], []
+    for cfg, directory in runs:
+        p, t = _validation_pairs(cfg, directory)
+        preds += p
+        truths += t
+    k = int(config.model.kwargs.get("out_channels", 1))
+    doc = postprocessing.choose(preds, truths, [1] if k == 1 else list(range(1, k)))
+    postprocessing.save(doc, workdir)
+    postprocessing.print_choice(doc)
+    return doc

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from medjax.data import pipeline
+from medjax.plan import postprocessing
 from medjax.testing import configs
 from medjax.train import crossval
 
@@ -45,6 +46,13 @@ def test_fold_all_trains_each_fold_and_summarizes(tmp_path):
     assert summary["mean"]["dice"] == pytest.approx(np.mean(dice))
     assert summary["sd"]["dice"] == pytest.approx(np.std(dice, ddof=1))
     assert json.load(open(os.path.join(workdir, "cv_summary.json"))) == summary
+    # Post-processing chosen on the out-of-fold predictions: Dice before any option is the
+    # mean per-case Dice of all folds' per_case.csv (computed on device from voxel counts).
+    doc = crossval.choose_postprocessing(config, workdir)
+    assert doc["num_cases"] == 48
+    assert doc["classes"]["1"]["dice_before"] == pytest.approx(summary["pooled"]["dice"], abs=1e-6)
+    assert doc["classes"]["1"]["dice_after"] >= doc["classes"]["1"]["dice_before"]
+    assert postprocessing.load(workdir) == doc
     # A single fold through the pipeline sees the same validation cases as recorded.
     config.data.fold = "1"
     data = pipeline.prepare_data(config)
