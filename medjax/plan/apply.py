@@ -82,7 +82,9 @@ def plan_for_config(
         )
     cases = training_cases(config)
     spacings = [e["props"].get("spacing_mm") or [1.0] * len(e["shape"]) for e in cases]
-    spacing = np.median(np.asarray(spacings, np.float64), axis=0).tolist()
+    # Rounded like the fingerprint's target spacing: headers store float32, and nnU-Net's
+    # "within 2x of the finest" test must not flip on 1.9999999969 vs 2.0 mm.
+    spacing = np.round(np.median(np.asarray(spacings, np.float64), axis=0), 6).tolist()
     median_shape = np.median(np.asarray([e["shape"] for e in cases], np.float64), axis=0)
     channels = int(cases[0]["channels"])
     devices = _num_data_devices(config)

@@ -104,3 +104,28 @@ def test_per_axis_unet_trains_a_step_on_an_anisotropic_patch():
     assert float(metrics["loss"]) == pytest.approx(ref, rel=1e-5)
     assert np.isfinite(float(metrics["grad_norm"])) and float(metrics["grad_norm"]) > 0
     assert int(new.step) == 1
+
+
+def test_explicit_uniform_strides_equal_the_default_unet_and_max_pool_matches_numpy():
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 8, 8, 2)), jnp.float32)
+    default = unet.get_unet(depth=3, features=4, norm="none")
+    explicit = unet.get_unet(
+        depth=3, features=4, norm="none", pool_strides=[[2, 2]] * 2, kernel_sizes=[[3, 3]] * 3
+    )
+    params = jax.jit(default.init)(jax.random.key(0), x)
+    same = jax.jit(explicit.init)(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, same)
+    np.testing.assert_array_equal(
+        jax.jit(default.apply)(params, x), jax.jit(explicit.apply)(params, x)
+    )
+    # Per-axis window (1, 2, 3) on odd sizes: floor, against a float64 loop.
+    from medjax.models import layers
+
+    v = np.random.default_rng(2).normal(size=(2, 3, 5, 7, 2))
+    ref = np.zeros((2, 3, 2, 2, 2))
+    for i in range(3):
+        for j in range(2):
+            for k in range(2):
+                ref[:, i, j, k] = v[:, i, 2 * j : 2 * j + 2, 3 * k : 3 * k + 3].max(axis=(1, 2))
+    got = layers.max_pool(jnp.asarray(v, jnp.float32), (1, 2, 3))
+    np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=1e-6)
