@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from medjax import distributed
+from medjax import distributed, errors
 
 FILE = "postprocessing.json"
 SIZE_FRACTIONS = (0.1, 0.25, 0.5)
@@ -139,6 +139,25 @@ def choose(
             "dice_after": best[0],
         }
     return doc
+
+
+def predict_options(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The choice as ``predict.postprocess``'s keys: ``keep_largest`` (label values) and one
+    ``min_size_voxels`` for every class (``medjax.predict.segment.postprocess``, same face
+    connectivity and order: largest first, then the size cut).
+
+    Raises:
+      ConfigError: classes chose different size cuts, which one global cut cannot express.
+    """
+    classes = doc.get("classes") or {}
+    keep = tuple(sorted(int(k) for k, o in classes.items() if o.get("keep_largest")))
+    sizes = {int(o["min_size_voxels"]) for o in classes.values() if o.get("min_size_voxels")}
+    if len(sizes) > 1:
+        raise errors.ConfigError(
+            f"postprocessing.json chose per-class size cuts {sorted(sizes)}; "
+            "predict.postprocess.min_size_voxels holds one for all classes."
+        )
+    return {"keep_largest": keep, "min_size_voxels": sizes.pop() if sizes else 0}
 
 
 def save(doc: Mapping[str, Any], workdir: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from medjax import errors
 from medjax.plan import postprocessing as pp
 
 
@@ -61,3 +62,16 @@ def test_choice_takes_an_option_only_when_it_raises_dice():
         "dice_after": 1.0,
     }
     np.testing.assert_array_equal(pp.apply(pred2, doc), pred2)
+
+
+def test_predict_options_from_the_choice():
+    doc = {
+        "classes": {
+            "1": {"keep_largest": True, "min_size_voxels": 0},
+            "2": {"keep_largest": False, "min_size_voxels": 5},
+        }
+    }
+    assert pp.predict_options(doc) == {"keep_largest": (1,), "min_size_voxels": 5}
+    doc["classes"]["3"] = {"keep_largest": False, "min_size_voxels": 7}
+    with pytest.raises(errors.ConfigError, match="min_size_voxels"):
+        pp.predict_options(doc)
