@@ -52,6 +52,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prefetch_batches = 0
     c.data.preprocess_workers = 2
     c.data.val_fraction = 0.2  # used when the crawler gives no split
+    # Held out as the test split when the dataset has none (cases without split folders, or
+    # Decathlon's imagesTr alone): never the validation cases reused as "test". Cases keep their
+    # split as others are added (a hash of the id); the store's report.json lists each split.
+    c.data.test_fraction = 0.2
+    c.data.split_seed = 0  # seed of that hash (0: the id alone); another value re-draws splits
     # k-fold cross-validation (medjax/data/splits.py): data.fold in 0..num_folds-1 trains that
     # fold (its validation cases from <store>/splits.json), "all" trains every fold in turn into
     # <workdir>/fold_<k>; unset or -1 (default): no folds, the split above. An int or "all".
@@ -66,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.luna.epoch_length = 0  # cutouts per training epoch; 0: the training split's size
     c.data.luna.fold = -1  # >= 0: LUNA16's 10-fold split by subset; -1: data.val_fraction by series
     c.data.luna.n_bootstrap = 0  # FROC bootstrap resamples over scans for the CI
+    # FROC counts at most this many marks per scan, as the official evaluation
+    # (maxNumberOfCADMarks=100: only marks strictly above the 101st highest probability); 0: all.
+    c.data.luna.froc_max_marks = 100
     # task=classification: whole images of a classification_folder, one class each.
     c.data.classification = ml_collections.ConfigDict()
     c.data.classification.ratio = ()  # class ratio per training epoch, e.g. (1, 1); (): as found
@@ -160,7 +168,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Also <case>.seg.dcm (DICOM SEG referencing the series) for DICOM cases; needs highdicom.
     c.eval.write_dicom_seg = True
     c.eval.step_fraction = 0.5  # sliding-window overlap for volumes larger than the patch
-    c.eval.mirror_axes = ()
+    c.eval.mirror_axes = ()  # mirroring TTA (logits averaged over the flips), on every eval path
+    # HD95/ASSD surface: "face" (a voxel is surface if a face neighbour, 6 in 3D / 4 in 2D, is
+    # background: MONAI's and medpy's convention) or "full" (26 / 8 neighbours, reads lower).
+    c.eval.surface_connectivity = "face"
     # Where sliding-window predictions are blended: "auto" (on the device when the volume and
     # accumulators fit a quarter of its memory, else on the host), "device" or "host".
     c.eval.blend = "auto"
@@ -175,6 +186,29 @@ def base_config() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict()
     c.log.images_every = 1  # epochs
     c.log.num_images = 4
+
+    # --mode=predict: a trained run (--workdir) on new, unlabelled data (medjax/predict/).
+    # Preprocessing always follows the run's recorded plan (<workdir>/plan.json).
+    c.predict = ml_collections.ConfigDict()
+    c.predict.input = ""  # a file or folder: PNG/TIFF, NIfTI, MHA/MHD, NRRD, DICOM series
+    c.predict.output = ""  # a new or empty folder (see overwrite)
+    c.predict.checkpoint = "best"  # "best", "last" or a step number, e.g. "1200"
+    # Mirror test-time augmentation axes (spatial, 0-based), e.g. (0, 1, 2); unset: the run's
+    # eval.mirror_axes (what its validation used).
+    c.predict.tta = ml_collections.config_dict.placeholder(tuple)
+    c.predict.ensemble = ()  # more workdirs: probabilities averaged with --workdir's
+    c.predict.save_probabilities = False  # also <case>_probabilities.* (float32, K channels)
+    c.predict.overwrite = False  # a non-empty output folder is refused unless True
+    c.predict.write_dicom_seg = True  # DICOM input: also <case>.seg.dcm (needs highdicom)
+    # Connected-component clean-up on the original grid: keep_largest lists label values that
+    # keep only their largest component; smaller components than either minimum are removed
+    # (every foreground label).
+    c.predict.postprocess = ml_collections.ConfigDict()
+    c.predict.postprocess.keep_largest = ()
+    c.predict.postprocess.min_size_voxels = 0
+    c.predict.postprocess.min_size_ml = 0.0
+    # --mode=export: the bundle folder (medjax/predict/bundle.py); empty: <workdir>/bundle.
+    c.predict.bundle = ""
 
     # Hyperparameter sweeps (--mode=tune, Ray Tune; medjax/train/tune.py). Each param is
     # "config.key=dist(args)", dist one of choice / uniform / loguniform / grid, e.g.

@@ -11,8 +11,8 @@ Registered items are factories: ``get_x(**kwargs) -> callable``.
 from __future__ import annotations
 
 import ast
-import functools
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -112,17 +112,71 @@ def get(full_name: str) -> Callable[..., Any]:
     return _REGISTRY[full_name]
 
 
+# Where a namespace's keyword arguments come from in a config, for error messages.
+_CONFIG_KEYS = {
+    "models": "model.kwargs",
+    "losses": "loss.kwargs",
+    "augment": "augment",
+    "crawlers": "data.crawler_kwargs",
+    "synthetic": "data.synthetic_kwargs",
+}
+
+
+def check_kwargs(
+    namespace: str,
+    name: str,
+    kwargs: dict[str, Any],
+    *,
+    spec: str | None = None,
+    positional: int = 0,
+) -> None:
+    """Checks ``kwargs`` against the signature of the factory ``namespace.name``.
+
+    Args:
+      namespace: e.g. ``"augment"``.
+      name: the registered short name.
+      kwargs: the keywords the factory will be called with.
+      spec: the config's spec string, quoted in the message when given.
+      positional: how many positional arguments the caller passes before ``kwargs``.
+
+    Raises:
+      ConfigError: an unknown or missing keyword (or a positional-only parameter); the message
+        names the component, the config key the keywords come from and the keywords the
+        factory accepts. A factory taking ``**kwargs`` accepts any keyword.
+    """
+    factory = get(f"{namespace}.{name}")
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins without a signature: nothing to check
+        return
+    try:
+        signature.bind(*([None] * positional), **kwargs)
+        return
+    except TypeError as e:
+        problem = str(e)
+    params = signature.parameters.values()
+    accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    accepted = accepted[positional:]  # the caller's positional arguments are not config keys
+    unknown = sorted(set(kwargs) - set(accepted))
+    what = f"unknown keyword(s) {', '.join(unknown)}" if unknown else problem
+    where = _CONFIG_KEYS.get(namespace)
+    raise errors.ConfigError(
+        f"{namespace} {spec or name!r}"
+        + (f" (config {where})" if where else "")
+        + f": {what}. {name} accepts: {', '.join(accepted) or '(no keywords)'}."
+    )
+
+
 def lookup(namespace: str, spec: str, **kwargs: Any) -> Any:
     """Builds a component: ``lookup("augment", "flip(axes=(0,))", p=0.5)``.
 
     Keyword arguments passed here are merged with (and override) those in the spec string.
+
+    Raises:
+      ConfigError: the spec is malformed, the name unknown, or a keyword is not one the
+        factory accepts (``check_kwargs``).
     """
     name, spec_kwargs = parse_spec(spec)
-    factory = get(f"{namespace}.{name}")
-    return factory(**{**spec_kwargs, **kwargs})
-
-
-def partial(namespace: str, spec: str, **kwargs: Any) -> Callable[..., Any]:
-    """Like ``lookup`` but returns the factory bound to its kwargs, without calling it."""
-    name, spec_kwargs = parse_spec(spec)
-    return functools.partial(get(f"{namespace}.{name}"), **{**spec_kwargs, **kwargs})
+    merged = {**spec_kwargs, **kwargs}
+    check_kwargs(namespace, name, merged, spec=spec if "(" in spec else None)
+    return get(f"{namespace}.{name}")(**merged)

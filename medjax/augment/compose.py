@@ -44,8 +44,9 @@ def build(spec: str | Mapping[str, Any]) -> AugmentFn:
       ``fn(key, sample) -> sample``.
 
     Raises:
-      ConfigError: the name is unknown (the message lists the registered ops), the spec has no
-        ``name``, or it is neither a string nor a mapping.
+      ConfigError: the name is unknown (the message lists the registered ops), a keyword is not
+        one the op accepts (the message lists those), the spec has no ``name``, or it is
+        neither a string nor a mapping.
     """
     if isinstance(spec, str):
         return registry.lookup("augment", spec)
@@ -59,7 +60,7 @@ def build(spec: str | Mapping[str, Any]) -> AugmentFn:
     name = as_dict.pop("name")
     if set(as_dict) == {"kwargs"} and _as_dict(as_dict["kwargs"]) is not None:
         as_dict = _as_dict(as_dict["kwargs"])
-    return registry.get(f"augment.{name}")(**as_dict)
+    return registry.lookup("augment", name, **as_dict)
 
 
 def compose(specs: Sequence[str | Mapping[str, Any]] | None) -> AugmentFn:

@@ -3,13 +3,19 @@
 A crawler is registered as ``"crawlers.<name>"``; its factory ``get_<name>(**params)`` returns
 ``crawl(root: str) -> list[dict]``. Each case is a dict of plain values::
 
-    {"id": str, "image": str | list[str], "label": str | int | None, "split": str, ...}
+    {"id": str, "image": str | list[str], "label": str | None, "split": str, ...}
 
 ``image`` is a path (a list of per-channel paths for multi-channel cases); ``label`` is a mask
-path for segmentation (``None`` when the case has no mask) or a class index for classification.
-``split`` is present only when the folder layout names one. Ids are unique within one crawl and
-cases come sorted by (split, id), so a crawl is deterministic. Crawlers only look at names: they
-never open an image (that is the reader's job, at preprocessing time).
+path (``None`` when the case has no mask); a classification case has ``label=None`` and its
+class in ``class_index`` (int) instead. ``split`` is present only when the folder layout names
+one. Ids are safe file names (``case_ids.safe_case_id``; the data's id is kept as ``source_id``
+when it had to change), unique within one crawl, and cases come sorted by (split, id), so a
+crawl is deterministic. Crawlers only look at names: they never open an image (that is the
+reader's job, at preprocessing time).
+
+A crawl returns a ``CaseList``: a list of cases whose ``skipped_files`` attribute lists the files
+it passed over (``{"file", "reason"}``: not an image, DICOM without pixels such as RTSTRUCT or
+SR), which the store writes to ``report.json``.
 """
 
 from __future__ import annotations
@@ -23,8 +29,16 @@ from typing import Any
 from medjax import errors, registry
 from medjax.data import io as io_lib
 
-Case = dict[str, Any]
-Crawl = Callable[[str], list[Case]]
+# CaseList re-exported: what a crawl returns.
+from medjax.data.crawl_files import (  # noqa: F401
+    Case,
+    CaseList,
+    check_root,
+    check_unique,
+    image_files,
+)
+
+Crawl = Callable[[str], list[Case]]  # returns a CaseList
 
 SPLITS = ("train", "val", "test")
 # Every extension read_volume reads, except DICOM (handled by the dicom_series crawler).
@@ -43,37 +57,6 @@ IMAGE_EXTENSIONS = (
     ".nhdr",
 )
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-def _check_root(root: str) -> str:
-    root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise errors.DataError(f"{root}: dataset root does not exist or is not a folder.")
-    return root
-
-
-def _image_files(folder: str, extensions: Sequence[str]) -> list[str]:
-    """Sorted image files of ``folder`` (not recursive), skipping hidden and macOS ``._`` files."""
-    lower_ext = tuple(e.lower() for e in extensions)
-    return sorted(
-        os.path.join(folder, name)
-        for name in os.listdir(folder)
-        if not name.startswith(".")
-        and name.lower().endswith(lower_ext)
-        and os.path.isfile(os.path.join(folder, name))
-    )
-
-
-def _check_unique(cases: list[Case], root: str, hint: str) -> list[Case]:
-    seen: dict[str, Any] = {}
-    for case in cases:
-        if case["id"] in seen:
-            raise errors.DataError(
-                f"{root}: case id {case['id']!r} occurs twice ({seen[case['id']]} and "
-                f"{case['image']}); {hint}"
-            )
-        seen[case["id"]] = case["image"]
-    return sorted(cases, key=lambda c: (c.get("split", ""), c["id"]))
 
 
 # --- segmentation_file -------------------------------------------------------------------------
@@ -112,16 +95,18 @@ def get_segmentation_file(
       or None) and ``split`` (split layout only).
     """
 
-    def pair(image_folder: str, mask_folder: str, split: str | None) -> list[Case]:
+    def pair(
+        image_folder: str, mask_folder: str, split: str | None, skipped: list[dict]
+    ) -> list[Case]:
         masks: dict[str, str] = {}
         if os.path.isdir(mask_folder):
-            for path in _image_files(mask_folder, extensions):
+            for path in image_files(mask_folder, extensions, skipped):
                 stem = io_lib.strip_extension(path)
                 if stem in masks:
                     raise errors.DataError(f"{path}: two masks share the stem {stem!r}.")
                 masks[stem] = path
         cases = []
-        for image in _image_files(image_folder, extensions):
+        for image in image_files(image_folder, extensions, skipped):
             stem = io_lib.strip_extension(image)
             label = next((masks[stem + s] for s in mask_suffixes if stem + s in masks), None)
             if label is None and not allow_unlabeled:
@@ -138,15 +123,18 @@ def get_segmentation_file(
         return cases
 
     def crawl(root: str) -> list[Case]:
-        root = _check_root(root)
+        root = check_root(root)
         split_roots = [s for s in splits if os.path.isdir(os.path.join(root, s, image_dir))]
+        skipped: list[dict] = []
         if split_roots:
             cases = []
             for split in split_roots:
                 base = os.path.join(root, split)
-                cases += pair(os.path.join(base, image_dir), os.path.join(base, mask_dir), split)
+                images, masks = os.path.join(base, image_dir), os.path.join(base, mask_dir)
+                cases += pair(images, masks, split, skipped)
         elif os.path.isdir(os.path.join(root, image_dir)):
-            cases = pair(os.path.join(root, image_dir), os.path.join(root, mask_dir), None)
+            images, masks = os.path.join(root, image_dir), os.path.join(root, mask_dir)
+            cases = pair(images, masks, None, skipped)
         else:
             raise errors.DataError(
                 f"{root}: found neither {root}/<split>/{image_dir} (splits {list(splits)}) nor "
@@ -154,7 +142,7 @@ def get_segmentation_file(
             )
         if not cases:
             raise errors.DataError(f"{root}: no image files with extensions {list(extensions)}.")
-        return _check_unique(cases, root, "set id_with_split=True or rename the files.")
+        return check_unique(cases, root, "set id_with_split=True or rename the files.", skipped)
 
     return crawl
 
@@ -181,11 +169,12 @@ def get_classification_folder(
 
     Returns:
       ``crawl(root) -> list[case]`` with ``id`` (``"<class>_<stem>"``), ``image``, ``label``
-      (int), ``class_name``, ``class_names`` (the full list) and ``split`` (split layout only).
+      (None: no mask), ``class_index`` (int), ``class_name``, ``class_names`` (the full list)
+      and ``split`` (split layout only).
     """
 
     def crawl(root: str) -> list[Case]:
-        root = _check_root(root)
+        root = check_root(root)
         subdirs = sorted(
             d
             for d in os.listdir(root)
@@ -196,12 +185,13 @@ def get_classification_folder(
         else:
             parts = [(None, root)]
         found: list[tuple[str | None, str, str]] = []  # (split, class, file)
+        skipped: list[dict] = []
         for split, base in parts:
             for cls in sorted(os.listdir(base)):
                 folder = os.path.join(base, cls)
                 if cls.startswith(".") or not os.path.isdir(folder):
                     continue
-                found += [(split, cls, f) for f in _image_files(folder, extensions)]
+                found += [(split, cls, f) for f in image_files(folder, extensions, skipped)]
         names = list(class_names) if class_names else sorted({c for _, c, _ in found})
         cases = []
         for split, cls, path in found:
@@ -210,7 +200,8 @@ def get_classification_folder(
             case: Case = {
                 "id": f"{cls}_{io_lib.strip_extension(path)}",
                 "image": path,
-                "label": names.index(cls),
+                "label": None,
+                "class_index": names.index(cls),
                 "class_name": cls,
                 "class_names": names,
             }
@@ -219,7 +210,7 @@ def get_classification_folder(
             cases.append(case)
         if not cases:
             raise errors.DataError(f"{root}: no <class>/<image> files found.")
-        return _check_unique(cases, root, "file stems must be unique within a class.")
+        return check_unique(cases, root, "file stems must be unique within a class.", skipped)
 
     return crawl
 
@@ -300,10 +291,11 @@ def get_nifti_volume(
         return meta
 
     def crawl(root: str) -> list[Case]:
-        root = _check_root(root)
+        root = check_root(root)
         info = _dataset_json(root)
         meta = meta_of(info)
         cases: list[Case] = []
+        skipped: list[dict] = []
         if isinstance(info.get("training"), list) and info["training"]:
             # A "validation" list (same entry form) becomes the "val" split.
             listed = [("train", e) for e in info["training"]]
@@ -323,12 +315,13 @@ def get_nifti_volume(
             labels = (
                 {
                     io_lib.strip_extension(p): p
-                    for p in _image_files(os.path.join(root, labels_dir), extensions)
+                    for p in image_files(os.path.join(root, labels_dir), extensions, skipped)
                 }
                 if os.path.isdir(os.path.join(root, labels_dir))
                 else {}
             )
-            for cid, channels in sorted(_group_channels(_image_files(folder, extensions)).items()):
+            files = image_files(folder, extensions, skipped)
+            for cid, channels in sorted(_group_channels(files).items()):
                 if cid not in labels:
                     raise errors.DataError(
                         f"{channels[0]}: no label {cid}<ext> in {os.path.join(root, labels_dir)}."
@@ -337,29 +330,27 @@ def get_nifti_volume(
                 cases.append({"id": cid, "image": image, "label": labels[cid], "split": "train"})
         test_folder = os.path.join(root, test_dir) if test_dir else None
         if test_folder and os.path.isdir(test_folder):
-            for cid, channels in sorted(
-                _group_channels(_image_files(test_folder, extensions)).items()
-            ):
+            # Test labels, when a dataset ships them, sit in labelsTs/<id><ext>.
+            test_labels_dir = os.path.join(root, "labelsTs")
+            test_labels = (
+                {
+                    io_lib.strip_extension(p): p
+                    for p in image_files(test_labels_dir, extensions, skipped)
+                }
+                if os.path.isdir(test_labels_dir)
+                else {}
+            )
+            test_files = image_files(test_folder, extensions, skipped)
+            for cid, channels in sorted(_group_channels(test_files).items()):
                 image = channels if len(channels) > 1 else channels[0]
-                # Test labels, when a dataset ships them, sit in labelsTs/<id><ext>.
-                label = (
-                    next(
-                        (
-                            p
-                            for p in _image_files(os.path.join(root, "labelsTs"), extensions)
-                            if io_lib.strip_extension(p) == cid
-                        ),
-                        None,
-                    )
-                    if os.path.isdir(os.path.join(root, "labelsTs"))
-                    else None
-                )
+                label = test_labels.get(cid)
                 cases.append({"id": cid, "image": image, "label": label, "split": "test"})
         if not cases:
             raise errors.DataError(f"{root}: no cases found.")
         for case in cases:
             case.update(meta)
-        return _check_unique(cases, root, "case ids must be unique across imagesTr and imagesTs.")
+        hint = "case ids must be unique across imagesTr and imagesTs."
+        return check_unique(cases, root, hint, skipped)
 
     return crawl
 
@@ -392,16 +383,19 @@ def get_dicom_series(
     """
 
     def crawl(root: str) -> list[Case]:
-        root = _check_root(root)
+        root = check_root(root)
         # Imported here: the DICOM module is optional for users of the other crawlers.
         from medjax.data.io import dicom
 
-        series = dicom.find_series(root)
+        scan = dicom.scan_series(root)
+        series = scan.series
+        # README files, RTSTRUCT / SR objects (DICOM without pixels), corrupt files.
+        skipped = [{"file": f, "reason": r} for f, r in scan.skipped.items()]
         masks: dict[str, str] = {}
         if mask_root is not None:
             if not os.path.isdir(mask_root):
                 raise errors.DataError(f"{mask_root}: mask folder does not exist.")
-            masks = {io_lib.strip_extension(p): p for p in _image_files(mask_root, mask_extensions)}
+            masks = {io_lib.strip_extension(p): p for p in image_files(mask_root, mask_extensions)}
         cases = []
         for uid, files in sorted(series.items()):
             files = sorted(os.fspath(f) for f in files)
@@ -419,6 +413,6 @@ def get_dicom_series(
             )
         if not cases:
             raise errors.DataError(f"{root}: no DICOM series found.")
-        return _check_unique(cases, root, "series uids must be unique.")
+        return check_unique(cases, root, "series uids must be unique.", skipped)
 
     return crawl

@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags
 
 from medjax import errors, registry
-from medjax.data import sources, store, synthetic, transforms
+from medjax.data import case_ids, progress, sources, store, synthetic, transforms
 from medjax.data import splits as splits_lib
 from medjax.data.luna import sources as luna_sources
 
@@ -51,9 +51,48 @@ class Data:
         return f"{store.describe(self.store_dir)}\nsplits: {splits}"
 
 
-def _assign_split(case_id: str, val_fraction: float) -> str:
-    h = int(hashlib.sha1(case_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "val" if h < val_fraction else "train"
+def _assign_split(
+    case_id: str, val_fraction: float, test_fraction: float = 0.0, seed: int = 0
+) -> str:
+    """``"val"``, ``"test"`` or ``"train"`` for a case without a split, from a hash of its id.
+
+    The hash maps the id to ``u`` in [0, 1): val when ``u < val_fraction``, test when
+    ``u < val_fraction + test_fraction``, else train. A case therefore keeps its split when
+    other cases are added, and the validation cases are the same with or without a test split.
+    ``seed`` 0 hashes the id alone (the assignment medjax has always made); another seed
+    re-draws every split.
+    """
+    key = case_id if seed == 0 else f"{seed}:{case_id}"
+    h = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if h < val_fraction:
+        return "val"
+    return "test" if h < val_fraction + test_fraction else "train"
+
+
+def _split_cases(cases: list[dict[str, Any]], data: ml_collections.ConfigDict) -> list[dict]:
+    """``cases`` with ``split`` set to one of ``data.{train,val,test}_split`` (or the crawler's).
+
+    Splits the folder layout names are kept. Cases without one (and, when the crawler marks
+    every labelled case "train" as Decathlon's imagesTr, those too) get a hash-based split:
+    ``data.val_fraction`` validation and, when the dataset has no test split,
+    ``data.test_fraction`` held-out test cases; never the validation cases reused as test.
+    """
+    vf, tf = float(data.val_fraction), float(data.test_fraction)
+    if not (0.0 <= vf < 1.0 and 0.0 <= tf < 1.0 and vf + tf < 1.0):
+        raise errors.ConfigError(
+            f"data.val_fraction={vf} and data.test_fraction={tf}: each must be in [0, 1) and "
+            "their sum below 1 (the rest trains)."
+        )
+    given = {c.get("split") for c in cases}
+    has_val, has_test = data.val_split in given, data.test_split in given
+    names = {"train": data.train_split, "val": data.val_split, "test": data.test_split}
+    out = []
+    for case in cases:
+        split = case.get("split")
+        if not split or (split == data.train_split and not has_val):
+            split = names[_assign_split(case["id"], vf, 0.0 if has_test else tf, data.split_seed)]
+        out.append({**case, "split": split})
+    return out
 
 
 def data_root(config: ml_collections.ConfigDict) -> str:
@@ -67,45 +106,51 @@ def data_root(config: ml_collections.ConfigDict) -> str:
 
 
 def prepare_data(config: ml_collections.ConfigDict) -> Data:
-    """Crawls, preprocesses (new or changed cases only) and splits the dataset.
+    """Crawls, splits and preprocesses (new or changed cases only) the dataset.
 
-    Only process 0 writes the store; the others wait for it (the store is on a shared disk in a
-    multi-host run) by building after a barrier.
+    The split comes first so that the fingerprint (spacing, CT window, normalisation
+    statistics) is computed from the training cases only. The store's ``report.json`` lists the
+    cases of each split. Only process 0 writes the store; the others wait for it (the store is
+    on a shared disk in a multi-host run) by building after a barrier.
     """
     root = data_root(config)
     crawl = registry.lookup("crawlers", config.data.crawler, **config.data.crawler_kwargs.to_dict())
-    cases = crawl(root)
+    crawled = crawl(root)
+    skipped_files = list(getattr(crawled, "skipped_files", []))
+    cases = _split_cases(case_ids.sanitise_cases(crawled), config.data)
     spec = config.data.preprocess.to_dict()
     store_dir = config.data.store_dir or os.path.join(
         synthetic.cache_dir(), "store", f"{os.path.basename(root)}-{store.spec_hash([root, spec])}"
     )
-    # The store reads label *files*; a class index (classification_folder) is attached below.
-    store_cases = [{**c, "label": None} if isinstance(c.get("label"), int) else c for c in cases]
+    train_ids = [c["id"] for c in cases if c["split"] == config.data.train_split]
     manifest = store.build_store(
-        store_cases, store_dir, spec, workers=config.data.preprocess_workers
+        cases,
+        store_dir,
+        spec,
+        workers=config.data.preprocess_workers,
+        fingerprint_ids=train_ids,
+        skipped_files=skipped_files,
     )
     splits: dict[str, list[dict[str, Any]]] = {}
-    # A crawler that marks every labelled case "train" (Decathlon's imagesTr) gets a validation
-    # split carved out by a stable hash of the case id, like cases without any split.
-    has_val = any(e.get("split") == config.data.val_split for e in manifest["cases"])
-    crawled = {c["id"]: c for c in cases}
+    by_id = {c["id"]: c for c in cases}
     for entry in manifest["cases"]:
-        case = crawled[entry["id"]]
-        if isinstance(case.get("label"), int):
+        case = by_id[entry["id"]]
+        if case.get("class_index") is not None:
             # A class index (classification_folder) is not a file, so the store does not keep
             # it; it comes from this crawl, which is the truth for the folder as it is now.
-            entry["class_label"] = case["label"]
+            entry["class_index"] = int(case["class_index"])
             entry["class_names"] = list(case.get("class_names") or [])
-        split = entry.get("split")
-        if not split or (split == config.data.train_split and not has_val):
-            split = _assign_split(entry["id"], config.data.val_fraction)
-            split = config.data.val_split if split == "val" else config.data.train_split
-        splits.setdefault(split, []).append(entry)
+        splits.setdefault(entry["split"], []).append(entry)
     # k-fold cross-validation (data.fold): train + val re-split by <store>/splits.json.
-    groups = {cid: str(c.get("group") or cid) for cid, c in crawled.items()}
+    groups = {cid: str(c.get("group") or cid) for cid, c in by_id.items()}
     splits = splits_lib.apply_fold(splits, config, store_dir, groups)
-    # Without a test split the validation split is also the test split.
-    splits.setdefault(config.data.test_split, splits.get(config.data.val_split, []))
+    if config.data.test_split not in splits:
+        # Only when split folders name train and val but no test, or data.test_fraction=0.
+        progress.notice(
+            f"{root} has no {config.data.test_split!r} split: evaluating it uses the validation "
+            "cases (data.test_fraction > 0 holds one out of a dataset without split folders)."
+        )
+        splits[config.data.test_split] = splits.get(config.data.val_split, [])
     return Data(store_dir=store_dir, root=root, splits=splits)
 
 

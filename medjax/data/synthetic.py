@@ -41,6 +41,7 @@ def ensure_dataset(name: str, **kwargs: Any) -> str:
       **kwargs: generator options; different options give a different folder.
     """
     generate = registry.get(f"synthetic.{name}")
+    registry.check_kwargs("synthetic", name, kwargs, positional=1)  # generate(root, **kwargs)
     tag = hashlib.sha1(json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()[:8]
     root = os.path.join(cache_dir(), "datasets", f"{name}-v{GENERATOR_VERSION}-{tag}")
     if os.path.exists(os.path.join(root, ".complete")):
@@ -219,8 +220,8 @@ def make_spine2d_cls(
 
     Classes ``lesion`` (1-3 hyperintense cord lesions of at least 30 px at 128x128) and
     ``no_lesion`` (the same anatomy, noise and bias, no lesion), ``num_per_class`` slices each,
-    8-bit grayscale. There is no split folder: the pipeline carves the validation split by a
-    hash of the case id (``data.val_fraction``).
+    8-bit grayscale. There is no split folder: the pipeline carves the validation and test
+    splits by a hash of the case id (``data.val_fraction``, ``data.test_fraction``).
     """
     for class_index, name in enumerate(SPINE_CLASSES):
         os.makedirs(os.path.join(root, name))

@@ -15,7 +15,7 @@ import numpy as np
 
 from medjax import distributed, errors
 from medjax.data import pipeline, sources
-from medjax.metrics import confusion
+from medjax.metrics import confusion, surface
 
 
 def evaluate_split(
@@ -26,14 +26,25 @@ def evaluate_split(
     batch_size: int,
     sharding: jax.sharding.NamedSharding,
     keep_predictions: bool = False,
+    spacings: list[tuple[float, ...]] | None = None,
+    num_classes: int = 2,
+    connectivity: str = "face",
 ) -> tuple[dict[str, float], list[dict[str, Any]], dict[int, np.ndarray]]:
     """Runs ``eval_fn`` over every case of ``source`` once.
+
+    Args:
+      spacings: per case, the mm spacing of the stored grid (None: 1 per axis).
+      num_classes: ``K`` of the model (1 or 2: binary), for the per-class surface metrics.
+      connectivity: the surface's neighbours (``eval.surface_connectivity``).
 
     Returns:
       ``(metrics, per_case, predictions)``: split metrics (``dice``, ``iou``, ``sensitivity``,
       ``specificity``, ``precision`` from the pooled voxel counts of the whole split, plus
-      ``dice_per_case`` (mean over cases, a case with empty reference and prediction scoring 1)
-      and ``loss``); one dict per case; and, if asked, the predicted label maps by case index.
+      ``dice_per_case`` (mean over cases, a case with empty reference and prediction scoring 1),
+      ``loss``, and ``hd95_mm``, ``assd_mm``, ``hd95_empty_cases``, ``hd95_both_empty_cases``
+      by the rule of ``metrics.surface``: means over the cases where both masks are non-empty,
+      a case with one empty mask is NaN per case and counted, never 0); one dict per case; and,
+      if asked, the predicted label maps by case index.
     """
     totals = {k: 0.0 for k in ("tp", "fp", "fn", "tn")}
     per_case: list[dict[str, Any]] = []
@@ -49,9 +60,18 @@ def evaluate_split(
             totals[k] += counts[k].sum()
         loss_sum += float(np.asarray(out["loss"], np.float64)[valid].sum())
         case_metrics = confusion.from_counts(counts)
-        for row, index in enumerate(host_batch["index"][valid]):
+        indices = host_batch["index"][valid]
+        surfaces = surface.surface_metrics_for_batch(
+            np.asarray(out["pred"])[valid],
+            host_batch["label"][valid],
+            [spacings[int(i)] if spacings else (1.0,) * (out["pred"].ndim - 1) for i in indices],
+            num_classes=num_classes,
+            connectivity=connectivity,
+        )
+        for row, index in enumerate(indices):
             entry = {"id": source.ids[int(index)], "index": int(index)}
             entry.update({k: float(np.mean(v[row])) for k, v in case_metrics.items()})
+            entry.update(surfaces[row])
             per_case.append(entry)
             if keep_predictions:
                 predictions[int(index)] = np.asarray(out["pred"])[valid][row].astype(np.uint8)
@@ -61,6 +81,7 @@ def evaluate_split(
     }
     pooled["dice_per_case"] = float(np.mean([c["dice"] for c in per_case]))
     pooled["loss"] = loss_sum / max(len(per_case), 1)
+    pooled.update(surface.summarize(per_case))
     return pooled, per_case, predictions
 
 
@@ -148,18 +169,22 @@ def evaluate_volumes(
     mirror_axes: tuple[int, ...] = (),
     blend: str = "auto",
     keep_predictions: bool = False,
+    connectivity: str = "face",
 ) -> tuple[dict[str, float], list[dict[str, Any]], dict[int, np.ndarray]]:
     """Sliding-window evaluation of cases of any size, with distance metrics in millimetres.
 
     Each case is predicted whole (Gaussian-blended windows of ``tile_size``), then scored on
     the host: pooled voxel counts give the split's Dice/IoU/sensitivity/specificity/precision,
-    and per-case Dice, HD95 and ASSD (``metrics.segmentation.case_metrics``, spacing-aware) are
-    averaged over cases (HD95/ASSD over cases where both masks are non-empty).
+    and per-case Dice, HD95 and ASSD (spacing-aware) are averaged over cases. HD95/ASSD follow
+    ``metrics.surface``: the mean over cases where both masks are non-empty; a case with one
+    empty mask is NaN per case and counted in ``hd95_empty_cases`` (both empty:
+    ``hd95_both_empty_cases``), never 0.
 
     Args:
       logits_fn: jitted ``(state, windows float32[b, *tile, C]) -> logits [b, *tile, K]``.
       spacings: per case, the mm spacing of the stored (preprocessed) grid.
       blend: where windows are blended, see ``sliding_window.sliding_window_predict``.
+      connectivity: the surface's neighbours (``eval.surface_connectivity``).
 
     Raises:
       ConfigError: ``blend`` is unknown (named as ``eval.blend``).
@@ -188,7 +213,11 @@ def evaluate_volumes(
         pred = pred.astype(np.uint8)
         ref = np.asarray(record.get("label", np.zeros(pred.shape)), np.uint8)
         m = seg_metrics.case_metrics(
-            pred, ref, num_classes=max(num_classes, 2), spacing=spacings[index]
+            pred,
+            ref,
+            num_classes=max(num_classes, 2),
+            spacing=spacings[index],
+            connectivity=connectivity,
         )
         fg_p, fg_r = pred != 0, ref != 0
         tp = float(np.count_nonzero(fg_p & fg_r))
@@ -201,7 +230,9 @@ def evaluate_volumes(
         for k in totals:
             totals[k] += counts[k]
         entry = {"id": source.ids[index], "index": index}
-        entry.update({k: float(np.nanmean(v)) for k, v in m.items()})
+        overlap = {k: v for k, v in m.items() if k not in seg_metrics.DISTANCE_METRICS}
+        entry.update({k: float(np.nanmean(v)) for k, v in overlap.items()})
+        entry.update(surface.case_surface_from_classes(m["hd95"], m["assd"]))
         per_case.append(entry)
         if keep_predictions:
             predictions[index] = pred
@@ -210,7 +241,5 @@ def evaluate_volumes(
         for k, v in confusion.from_counts({k: np.array([v]) for k, v in totals.items()}).items()
     }
     pooled["dice_per_case"] = float(np.mean([c["dice"] for c in per_case]))
-    for key in ("hd95", "assd"):
-        finite = [c[key] for c in per_case if key in c and np.isfinite(c[key])]
-        pooled[f"{key}_mm"] = float(np.mean(finite)) if finite else float("nan")
+    pooled.update(surface.summarize(per_case))
     return pooled, per_case, predictions

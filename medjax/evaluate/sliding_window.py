@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from scipy import ndimage
@@ -123,6 +124,40 @@ def _flip_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
     """All subsets of ``mirror_axes`` (the empty one first): nnU-Net's mirroring TTA set."""
     axes = tuple(mirror_axes)
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def mirror_logits(
+    logits_fn: Callable[[jax.Array], jax.Array], image: jax.Array, mirror_axes: Sequence[int]
+) -> jax.Array:
+    """Mirroring TTA for a whole-image batch, as the sliding-window path does it.
+
+    For every subset of ``mirror_axes`` (the empty one included) the batch is flipped along those
+    spatial axes, predicted, flipped back, and the **logits** averaged over all ``2**len``
+    subsets. Traceable: used inside the jitted whole-image eval step.
+
+    Args:
+      logits_fn: ``[B, *spatial, C] -> [B, *spatial, K]`` logits.
+      image: ``[B, *spatial, C]``.
+      mirror_axes: spatial axes (0-based, in ``*spatial``), the ``eval.mirror_axes`` key.
+
+    Returns:
+      ``float32[B, *spatial, K]`` averaged logits (``logits_fn(image)`` when no axes are given).
+
+    Raises:
+      ValueError: an axis is not a spatial axis of ``image``.
+    """
+    nd = image.ndim - 2
+    if any(not 0 <= a < nd for a in mirror_axes):
+        raise ValueError(f"mirror_axes {tuple(mirror_axes)} must be spatial axes in [0, {nd}).")
+    total = None
+    flips = _flip_combinations(mirror_axes)
+    for axes in flips:
+        batch_axes = [a + 1 for a in axes]
+        x = jnp.flip(image, batch_axes) if axes else image
+        out = logits_fn(x).astype(jnp.float32)
+        out = jnp.flip(out, batch_axes) if axes else out
+        total = out if total is None else total + out
+    return total / len(flips)
 
 
 # "auto" blends on the device when the padded volume and both accumulators take at most this

@@ -4,20 +4,13 @@ For each foreground class of a full-resolution case: Dice, IoU, sensitivity, spe
 precision (from voxel counts, with the conventions of ``confusion.from_counts``) and the
 surface metrics HD95 and ASSD in millimetres.
 
-Surface metrics. The surface of a mask is its boundary voxels, ``mask XOR erode(mask)`` with
-full connectivity (a voxel is inside only if all its ``3**n - 1`` neighbours are; voxels on the
-array border count as surface, as if the outside were background). The distance from a voxel
-to a surface is ``scipy.ndimage.distance_transform_edt(~surface, sampling=spacing)``, i.e.
-between voxel centres in mm with anisotropic spacing. With ``d(P->R)`` the distances of the
-prediction's surface voxels to the reference surface and ``d(R->P)`` the other way round:
+Surface metrics (HD95, ASSD): ``medjax.metrics.surface`` (face-connected surface by default,
+as MONAI; ``connectivity="full"`` for the 26/8-neighbour one).
 
-* ``hd95 = max(percentile_95(d(P->R)), percentile_95(d(R->P)))`` (MONAI's and DeepMind's
-  ``surface-distance`` "robust Hausdorff", unweighted voxels, numpy's linear percentile);
-* ``assd = (sum d(P->R) + sum d(R->P)) / (|P| + |R|)`` over surface voxels.
-
-Empty masks (conventions, tested): both empty -> dice = iou = 1, hd95 = assd = 0; exactly one
-empty -> dice = iou = 0, hd95 = assd = ``inf`` (a missed or hallucinated structure must not
-vanish from a mean; a summary mean that contains one is ``inf``, the median stays finite).
+Empty masks (conventions, tested): both empty -> dice = iou = 1, hd95 = assd = NaN (undefined,
+skipped by the summary, as MONAI); exactly one empty -> dice = iou = 0, hd95 = assd = ``inf``
+(a missed or hallucinated structure must not vanish from a mean; a summary mean that contains
+one is ``inf``, the median stays finite).
 Sensitivity, specificity and precision are NaN where undefined (see ``confusion.from_counts``).
 ``SegmentationMetrics(max_distance_mm=...)`` replaces ``inf`` by a fixed worst case instead,
 as several challenges do.
@@ -30,93 +23,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 from medjax import errors, registry
-from medjax.metrics import confusion
+from medjax.metrics import confusion, surface
 
 OVERLAP_METRICS = ("dice", "iou", "sensitivity", "specificity", "precision")
 DISTANCE_METRICS = ("hd95", "assd")
 METRICS = OVERLAP_METRICS + DISTANCE_METRICS
-
-
-def surface_voxels(mask: npt.ArrayLike) -> np.ndarray:
-    """Boundary voxels of a binary mask: ``mask XOR erode(mask)``, full connectivity.
-
-    Args:
-      mask: ``bool[*spatial]`` (2D or 3D).
-
-    Returns:
-      ``bool[*spatial]``, True on the mask's surface.
-    """
-    mask = np.asarray(mask, bool)
-    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
-    # border_value=0: voxels on the array border are surface, as if the outside were empty.
-    eroded = ndimage.binary_erosion(mask, structure=structure, border_value=0)
-    return mask ^ eroded
-
-
-def _crop_to_union(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both masks cropped to their joint bounding box plus a 1-voxel empty margin.
-
-    Distances between surfaces inside the box are unchanged, and the zero margin reproduces
-    the array-border rule of ``surface_voxels``, so results are identical while the distance
-    transforms run on a small box instead of a whole CT.
-    """
-    union = pred | ref
-    box = tuple(slice(s.start, s.stop) for s in ndimage.find_objects(union.astype(np.uint8))[0])
-    return np.pad(pred[box], 1), np.pad(ref[box], 1)
-
-
-def directed_surface_distances(
-    pred: npt.ArrayLike, ref: npt.ArrayLike, spacing: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Distances (mm) from each surface voxel of one mask to the other mask's surface.
-
-    Args:
-      pred: ``bool[*spatial]``, non-empty.
-      ref: ``bool[*spatial]``, non-empty, same shape.
-      spacing: mm per voxel along each array axis (``len == ndim``).
-
-    Returns:
-      ``(d_pred_to_ref, d_ref_to_pred)``: float64 vectors with one entry per surface voxel of
-      ``pred`` and of ``ref``, respectively.
-    """
-    pred, ref = _crop_to_union(np.asarray(pred, bool), np.asarray(ref, bool))
-    pred_surface, ref_surface = surface_voxels(pred), surface_voxels(ref)
-    to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=spacing)
-    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)
-    return to_ref[pred_surface].astype(np.float64), to_pred[ref_surface].astype(np.float64)
-
-
-def distance_metrics(
-    pred: npt.ArrayLike,
-    ref: npt.ArrayLike,
-    spacing: Sequence[float],
-    *,
-    percentile: float = 95.0,
-) -> dict[str, float]:
-    """HD95 and ASSD in mm of two binary masks, with the empty-mask conventions above.
-
-    Args:
-      pred: ``bool[*spatial]``.
-      ref: ``bool[*spatial]``, same shape.
-      spacing: mm per voxel along each array axis.
-      percentile: the Hausdorff percentile (the key stays ``hd95``).
-
-    Returns:
-      ``{"hd95": float, "assd": float}``.
-    """
-    pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
-    pred_any, ref_any = pred.any(), ref.any()
-    if not pred_any and not ref_any:
-        return {"hd95": 0.0, "assd": 0.0}
-    if not pred_any or not ref_any:
-        return {"hd95": float("inf"), "assd": float("inf")}
-    d_pr, d_rp = directed_surface_distances(pred, ref, spacing)
-    hd = max(np.percentile(d_pr, percentile), np.percentile(d_rp, percentile))
-    assd = (d_pr.sum() + d_rp.sum()) / (d_pr.size + d_rp.size)
-    return {"hd95": float(hd), "assd": float(assd)}
 
 
 def _foreground_classes(num_classes: int) -> list[int]:
@@ -131,6 +44,7 @@ def case_metrics(
     num_classes: int,
     spacing: Sequence[float],
     percentile: float = 95.0,
+    connectivity: str = "face",
 ) -> dict[str, np.ndarray]:
     """All metrics of one case, per foreground class.
 
@@ -141,6 +55,7 @@ def case_metrics(
       num_classes: ``K`` including background (1 or 2 for binary).
       spacing: mm per voxel along each array axis.
       percentile: the Hausdorff percentile.
+      connectivity: surface neighbours, ``"face"`` or ``"full"`` (``surface.surface_voxels``).
 
     Returns:
       ``{metric: float64[K']}`` for every name in ``METRICS``, ``K'`` the foreground classes
@@ -166,7 +81,10 @@ def case_metrics(
         tn = p.size - tp - fp - fn
         for key, value in zip(confusion.COUNT_KEYS, (tp, fp, fn, tn), strict=True):
             counts[key].append(value)
-        for key, value in distance_metrics(p, r, spacing, percentile=percentile).items():
+        distances = surface.distance_metrics(
+            p, r, spacing, percentile=percentile, connectivity=connectivity
+        )
+        for key, value in distances.items():
             out[key].append(value)
     overlap = confusion.from_counts({k: np.asarray(v, np.float64) for k, v in counts.items()})
     result = {m: np.asarray(out[m], np.float64) for m in DISTANCE_METRICS}
@@ -189,6 +107,7 @@ class SegmentationMetrics:
         class_names: Sequence[str] | None = None,
         percentile: float = 95.0,
         max_distance_mm: float | None = None,
+        connectivity: str = "face",
     ) -> None:
         """Initialises an empty accumulator.
 
@@ -200,7 +119,10 @@ class SegmentationMetrics:
           percentile: the Hausdorff percentile.
           max_distance_mm: if set, an ``inf`` distance (one mask empty) is recorded as this
             value instead.
+          connectivity: surface neighbours, ``"face"`` (MONAI's) or ``"full"``.
         """
+        surface.check_connectivity(connectivity)
+        self.connectivity = connectivity
         self.num_classes = num_classes
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self.classes = _foreground_classes(num_classes)
@@ -251,6 +173,7 @@ class SegmentationMetrics:
                 num_classes=self.num_classes,
                 spacing=spacing,
                 percentile=self.percentile,
+                connectivity=self.connectivity,
             )
         except ValueError as e:
             raise errors.DataError(f"case {case_id!r}: {e}") from e

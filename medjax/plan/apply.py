@@ -200,7 +200,8 @@ def for_mode(
     """What ``launch.py`` does with planning in ``mode``.
 
     ``plan``: plans now, records ``<workdir>/plan_arch.json``, prints the plan, returns None.
-    ``preprocess`` / ``cv_summary``: the config unchanged (nothing is built). Any other mode
+    ``preprocess`` / ``cv_summary`` / ``predict`` / ``export``: the config unchanged (nothing
+    is built, or the trained run's config already holds its plan). Any other mode
     with ``plan.auto``: ``apply`` (overrides read from ``argv``).
     """
     overrides = command_line_overrides(argv)
@@ -210,7 +211,7 @@ def for_mode(
         if distributed.is_main():
             print(planner.describe(plan) + f"\nrecorded in {path}")
         return None
-    if mode in ("preprocess", "cv_summary") or not config.plan.auto:
+    if mode in ("preprocess", "cv_summary", "predict", "export") or not config.plan.auto:
         return config
     return apply(config, workdir, overrides)
 

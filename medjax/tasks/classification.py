@@ -76,7 +76,7 @@ class ClassificationTask:
         self.data = pipeline.prepare_data(config)
         self.skipped = self._report_skipped()
         entries = [e for split in self.data.splits.values() for e in split]
-        unlabelled = [e["id"] for e in entries if "class_label" not in e]
+        unlabelled = [e["id"] for e in entries if "class_index" not in e]
         if unlabelled:
             raise errors.DataError(
                 f"{self.data.root}: cases without a class ({unlabelled[:5]}); task=classification "
@@ -141,7 +141,7 @@ class ClassificationTask:
         """``int32[N]``: the class of every case of ``split``, in source order."""
         if not self.data.splits.get(split):
             self.data.source(split)  # raises the DataError that names the empty split
-        return np.asarray([e["class_label"] for e in self.data.splits[split]], np.int32)
+        return np.asarray([e["class_index"] for e in self.data.splits[split]], np.int32)
 
     def input_shape(self) -> tuple[int, ...]:
         """``(1, *shape, C)``: what the model is initialised with."""

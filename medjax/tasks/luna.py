@@ -207,6 +207,7 @@ class LunaTask:
             self.val_uids,
             n_bootstrap=self.config.data.luna.n_bootstrap,
             seed=self.config.seed,
+            max_marks=self.config.data.luna.froc_max_marks,
         )
 
     def baseline(self, split: str) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """The segmentation task: image/mask cases -> store -> patches; per-voxel evaluation.
 
 Whole-image evaluation in fixed batches when every case of a split has the patch's shape
-(2D data resized to one size); Gaussian sliding-window evaluation, with HD95/ASSD in mm,
-otherwise (3D volumes).
+(2D data resized to one size); Gaussian sliding-window evaluation otherwise (3D volumes). Both
+paths apply the mirroring TTA (``eval.mirror_axes``) and report HD95/ASSD in mm.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from medjax import errors, registry
 from medjax.data import pipeline
 from medjax.evaluate import segmentation as seg_eval
+from medjax.metrics import surface
 from medjax.train import step as step_lib
 
 
@@ -29,6 +30,7 @@ class SegmentationTask:
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
         seg_eval.check_blend(config.eval.get("blend", "auto"))  # before hours of training
+        surface.check_connectivity(config.eval.get("surface_connectivity", "face"))
         self.data = pipeline.prepare_data(config)
         channels = {e["channels"] for split in self.data.splits.values() for e in split}
         if len(channels) != 1:
@@ -60,7 +62,9 @@ class SegmentationTask:
         def logits(state, image):
             return step_lib.predict_logits(state, image, precision=precision)
 
-        return {"step": step_lib.make_eval_step(loss_fn, precision=precision), "logits": logits}
+        mirror_axes = tuple(self.config.eval.mirror_axes)
+        step = step_lib.make_eval_step(loss_fn, precision=precision, mirror_axes=mirror_axes)
+        return {"step": step, "logits": logits}
 
     def evaluate(
         self,
@@ -74,6 +78,12 @@ class SegmentationTask:
     ):
         """``(metrics, per_case, predictions)`` over every case of ``split``."""
         source = self.data.source(split)
+        entries = self.data.splits[split]
+        spacings = [
+            tuple(e["props"].get("spacing_mm", (1.0,) * len(self.patch_size))) for e in entries
+        ]
+        num_classes = self.config.model.kwargs.get("out_channels", 1)
+        connectivity = self.config.eval.get("surface_connectivity", "face")
         if set(source.shapes) == {self.patch_size}:
             return seg_eval.evaluate_split(
                 fns["step"],
@@ -82,12 +92,10 @@ class SegmentationTask:
                 batch_size=batch_size,
                 sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
                 keep_predictions=keep_predictions,
+                spacings=spacings,
+                num_classes=num_classes,
+                connectivity=connectivity,
             )
-        entries = self.data.splits[split]
-        spacings = [
-            tuple(e["props"].get("spacing_mm", (1.0,) * len(self.patch_size))) for e in entries
-        ]
-        num_classes = self.config.model.kwargs.get("out_channels", 1)
         return seg_eval.evaluate_volumes(
             fns["logits"],
             state,
@@ -101,6 +109,7 @@ class SegmentationTask:
             mirror_axes=tuple(self.config.eval.mirror_axes),
             blend=self.config.eval.get("blend", "auto"),
             keep_predictions=keep_predictions,
+            connectivity=connectivity,
         )
 
     def describe(self) -> str:

@@ -1,22 +1,43 @@
 """Orbax checkpoints of the train state and the Grain iterator state (STYLE.md sec. 9).
 
-A checkpoint is written to a temporary folder and renamed when complete (orbax's atomic
-finalisation), so a crash or SIGKILL mid-save never corrupts the last good checkpoint.
+A checkpoint is written to a temporary folder (``<step>.orbax-checkpoint-tmp-*``) and renamed
+when complete (orbax's atomic finalisation); steps that the preservation policy drops are deleted
+only after that rename (``CheckpointManager._finalize``), so a crash or SIGKILL mid-save costs at
+most the epoch in progress. A tmp folder left by such a kill is ignored, and removed when the
+workdir is next opened for training.
+
+A damaged checkpoint (a truncated or garbled file, a missing item) never makes a workdir
+unusable: steps whose metadata files do not parse are set aside when the manager is opened
+(moved to ``<ckpt>_damaged/`` when training, merely skipped when read only), and a step whose
+arrays fail to read is skipped at restore; either way a warning names the step and the file,
+and the newest intact checkpoint is used (``restore_intact``). Only when none is intact does a
+single ``CheckpointError`` say so.
+
 Preservation mirrors the seed's ModelCheckpoint: the newest ``save_last`` plus the best
 ``save_top_k`` by ``monitor`` (``mode`` max or min).
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import math
 import os
+import re
+import shutil
+import sys
+import time
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 
-from medjax import errors
+from medjax import distributed, errors
+
+# Errors of the file system that a user fixes (space, permissions), not bugs.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class Checkpointer:
@@ -35,6 +56,12 @@ class Checkpointer:
         self.mode = ckpt_config.mode
         if self.mode not in ("max", "min"):
             raise errors.ConfigError(f"ckpt.mode={self.mode!r}; expected 'max' or 'min'.")
+        self.directory = os.path.abspath(directory)
+        self.read_only = read_only
+        # Steps whose files are damaged -> what is wrong; orbax never sees them.
+        self.damaged: dict[int, str] = {}
+        for step, problem in _scan_damaged(self.directory).items():
+            self._set_aside(step, problem)
         policies = [ocp.checkpoint_managers.LatestN(max(int(ckpt_config.save_last), 1))]
         if self.monitor and ckpt_config.save_top_k:
             policies.append(
@@ -53,10 +80,47 @@ class Checkpointer:
             best_mode=self.mode,
             create=not read_only,
             read_only=read_only,
+            # A save killed before its rename leaves <step>.orbax-checkpoint-tmp-*: removed when
+            # training reopens the folder (never by a read-only reader).
+            cleanup_tmp_directories=not read_only,
+            step_name_format=_SkipSteps(ocp.step.standard_name_format(), self.damaged),
             enable_async_checkpointing=True,
         )
-        self.directory = os.path.abspath(directory)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        except OSError as e:
+            raise _disk_error(e, self.directory) from e
+        if self.damaged and not self.all_steps():
+            raise self._none_intact()
+
+    def _set_aside(self, step: int, problem: str) -> None:
+        """Warns about a damaged step and hides it from orbax."""
+        self.damaged[step] = problem
+        path = os.path.join(self.directory, str(step))
+        logging.warning("Damaged checkpoint %s (%s); skipped.", path, problem)
+        if distributed.is_main():
+            print(
+                f"medjax: warning: checkpoint step {step} in {self.directory} is damaged "
+                f"({problem}); skipped.",
+                file=sys.stderr,
+            )
+
+    def _move_damaged(self) -> None:
+        """Moves damaged steps to ``<ckpt>_damaged/`` once training resumes from an intact one.
+
+        Moved, not deleted: the files stay for inspection, and the step numbers are free for
+        the saves that the resumed run makes again. Never when read only or when none is intact.
+        """
+        if self.read_only or not distributed.is_main():
+            return
+        for step in sorted(self.damaged):
+            path = os.path.join(self.directory, str(step))
+            if os.path.isdir(path):
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                aside = os.path.join(self.directory + "_damaged", f"{step}-{stamp}")
+                os.makedirs(os.path.dirname(aside), exist_ok=True)
+                shutil.move(path, aside)
+                print(f"medjax: moved damaged checkpoint {path} to {aside}", file=sys.stderr)
 
     def _metric(self, metrics: dict[str, Any]) -> float:
         value = metrics.get(self.monitor) if metrics else None
@@ -77,13 +141,23 @@ class Checkpointer:
         return self._manager.metrics(step)
 
     def best_step(self) -> int | None:
-        """The preserved step with the best monitored metric (the latest when none has one)."""
+        """The preserved step with the best monitored metric (the latest when none has one).
+
+        Ties go to the earliest step reaching the best value: the loop's summary counts only a
+        strict improvement as a new best, so both name the same step.
+        """
+        ranked = self._ranked_steps()
+        return ranked[0] if ranked else None
+
+    def _ranked_steps(self) -> list[int]:
+        """Steps with the monitored metric, best first (ties: earliest first); [latest] if none."""
         scored = [(s, self.metrics(s)) for s in self.all_steps()]
         scored = [(s, m) for s, m in scored if m and self.monitor in m]
         if not scored:
-            return self.latest_step()
-        pick = max if self.mode == "max" else min
-        return pick(scored, key=lambda sm: (self._metric(sm[1]), sm[0]))[0]
+            latest = self.latest_step()
+            return [] if latest is None else [latest]
+        sign = -1.0 if self.mode == "max" else 1.0
+        return [s for s, m in sorted(scored, key=lambda sm: (sign * self._metric(sm[1]), sm[0]))]
 
     def save(
         self,
@@ -92,61 +166,253 @@ class Checkpointer:
         data_state: dict | None,
         metrics: dict[str, float] | None = None,
     ) -> None:
-        """Saves asynchronously; call ``wait`` before reading it back or exiting."""
+        """Saves asynchronously; call ``wait`` before reading it back or exiting.
+
+        Raises:
+          CheckpointError: the disk is full or not writable (naming the folder).
+        """
         items = {"state": ocp.args.StandardSave(state)}
         if data_state is not None:
             items["data"] = ocp.args.JsonSave(data_state)
         clean = {k: float(v) for k, v in (metrics or {}).items()} or None
-        self._manager.save(step, args=ocp.args.Composite(**items), metrics=clean)
+        try:
+            self._manager.save(step, args=ocp.args.Composite(**items), metrics=clean)
+        except Exception as e:
+            raise _disk_error(e, os.path.join(self.directory, str(step))) from e
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict | None]:
         """Restores ``step`` into the shardings of ``abstract_state`` (ShapeDtypeStructs).
 
         Raises:
-          CheckpointError: the step does not exist or does not match the model.
+          CheckpointError: the step does not exist, does not match the model, or is damaged
+            (then ``.damaged`` is True on the error).
         """
         if step not in self.all_steps():
+            hint = f" (damaged: {self.damaged[step]})" if step in self.damaged else ""
             raise errors.CheckpointError(
-                f"No checkpoint at step {step} in {self.directory}; available: {self.all_steps()}."
+                f"No checkpoint at step {step} in {self.directory}{hint}; "
+                f"available: {self.all_steps()}."
             )
+        path = os.path.join(self.directory, str(step))
         items = {"state": ocp.args.StandardRestore(abstract_state)}
-        has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
+        has_data = os.path.isdir(os.path.join(path, "data"))
         if has_data:
             items["data"] = ocp.args.JsonRestore()
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        except (ValueError, KeyError, TypeError) as e:
-            raise errors.CheckpointError(
-                f"Checkpoint {self.directory}/{step} does not match this model/config: {e}"
-            ) from e
+        except Exception as e:  # tensorstore raises plain Exception for an unreadable chunk
+            differs = _shape_differences(os.path.join(path, "state"), abstract_state)
+            if differs:
+                workdir = os.path.dirname(self.directory)
+                raise errors.CheckpointError(
+                    f"Checkpoint {path} does not match this model/config: {differs}. Use a new "
+                    f"workdir for a different model, or init_from={workdir!r} to start from "
+                    f"its weights."
+                ) from e
+            err = errors.CheckpointError(f"Checkpoint {path} is damaged: {_read_failure(e)}")
+            err.damaged = True
+            raise err from e
         return restored["state"], (restored["data"] if has_data else None)
+
+    def restore_intact(
+        self, abstract_state: Any, *, prefer: str = "latest"
+    ) -> tuple[int, Any, dict | None]:
+        """Restores the newest (``prefer="latest"``) or best (``"best"``) intact checkpoint.
+
+        A damaged candidate is skipped with a warning naming it, and the next one is tried.
+
+        Returns:
+          ``(step, state, data_state)``.
+
+        Raises:
+          CheckpointError: no checkpoint at all, or every one is damaged (one line), or the
+            checkpoints do not match the model (not a damage: no fallback).
+        """
+        if prefer not in ("latest", "best"):
+            raise ValueError(f"prefer={prefer!r}; expected 'latest' or 'best'.")
+        order = self._ranked_steps() if prefer == "best" else self.all_steps()[::-1]
+        if prefer == "best":  # steps without the metric come after the ranked ones
+            order += [s for s in self.all_steps()[::-1] if s not in order]
+        for step in order:
+            try:
+                state, data = self.restore(step, abstract_state)
+            except errors.CheckpointError as e:
+                if not getattr(e, "damaged", False):
+                    raise
+                self._set_aside(step, str(e).split(" is damaged: ", 1)[-1])
+                self._manager.reload()  # forget it (the name format now hides it)
+                continue
+            self._move_damaged()
+            return step, state, data
+        if self.damaged:
+            raise self._none_intact()
+        raise errors.CheckpointError(f"No checkpoint in {self.directory}: train first.")
+
+    def _none_intact(self) -> errors.CheckpointError:
+        listed = ", ".join(f"step {s} ({p})" for s, p in sorted(self.damaged.items()))
+        return errors.CheckpointError(
+            f"No intact checkpoint in {self.directory}: {listed}. Use a new workdir, or delete "
+            f"{self.directory} to train this one from scratch."
+        )
 
     def restore_raw(self, step: int) -> Any:
         """Restores the saved state as host arrays, without a target (fine-tuning another model).
 
         Works whatever the topology it was saved with (e.g. by a multi-process run): the target
         is the saved tree's shapes placed on one local device.
+
+        Raises:
+          CheckpointError: the step's files are damaged.
         """
-        meta = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state"))
-        tree = getattr(meta, "item_metadata", meta)
-        one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
-            getattr(tree, "tree", tree),
-        )
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-        )
+        path = os.path.join(self.directory, str(step))
+        try:
+            meta = ocp.StandardCheckpointer().metadata(os.path.join(path, "state"))
+            tree = getattr(meta, "item_metadata", meta)
+            one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            target = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                getattr(tree, "tree", tree),
+            )
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            )
+        except Exception as e:
+            raise errors.CheckpointError(f"Checkpoint {path} is damaged: {_read_failure(e)}") from e
         return jax.device_get(restored["state"])
 
     def wait(self) -> None:
-        """Blocks until pending async saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until pending async saves are on disk.
+
+        Raises:
+          CheckpointError: the save failed for lack of space or permission (naming the folder).
+        """
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise _disk_error(e, self.directory) from e
 
     def close(self) -> None:
         """Waits and releases the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+
+class _SkipSteps:
+    """An orbax step NameFormat that hides the given steps (damaged ones) from the manager."""
+
+    def __init__(self, base: Any, skip: dict[int, str]):
+        self._base, self._skip = base, skip
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+    def build_name(self, step: int) -> str:
+        return self._base.build_name(step)
+
+    def find_all(self, base_path: Any):
+        return (m for m in self._base.find_all(base_path) if m.step not in self._skip)
+
+    def find_step(self, base_path: Any, step: int):
+        if step in self._skip:
+            raise ValueError(f"Step {step} under {base_path} is damaged: {self._skip[step]}.")
+        return self._base.find_step(base_path, step)
+
+
+def _scan_damaged(directory: str) -> dict[int, str]:
+    """Finished steps under ``directory`` whose metadata files are missing or do not parse.
+
+    Cheap (a few small JSON files per step); a truncated array chunk is only found at restore.
+    """
+    damaged = {}
+    if not os.path.isdir(directory):
+        return damaged
+    for name in os.listdir(directory):
+        step_dir = os.path.join(directory, name)
+        if not (name.isdigit() and os.path.isdir(step_dir)):
+            continue  # tmp folders of unfinished saves, orbax's own files
+        if not os.path.isdir(os.path.join(step_dir, "state")):
+            damaged[int(name)] = "state/ is missing"
+            continue
+        for rel in ("state/_METADATA", "data/metadata", "metrics/metrics"):
+            f = os.path.join(step_dir, rel)
+            if rel != "state/_METADATA" and not os.path.exists(f):
+                continue  # optional items
+            try:
+                with open(f) as fh:
+                    json.load(fh)
+            except (OSError, ValueError) as e:
+                damaged[int(name)] = f"{rel}: {type(e).__name__}: {_first_line(e)}"
+                break
+    return damaged
+
+
+def _shape_differences(state_dir: str, abstract_state: Any, limit: int = 3) -> str:
+    """'' when the saved tree has the shapes of ``abstract_state`` (or cannot be read)."""
+    try:
+        meta = ocp.StandardCheckpointer().metadata(state_dir)
+    except Exception:  # unreadable metadata: damage, not a different model
+        return ""
+    tree = getattr(meta, "item_metadata", meta)
+    saved = _shapes(getattr(tree, "tree", tree))
+    if not saved:  # orbax reads an unreadable tree as empty: damage, not a different model
+        return ""
+    wanted = _shapes(abstract_state)
+    diffs = [f"{k}: missing in checkpoint" for k in wanted if k not in saved]
+    diffs += [f"{k}: not in this model" for k in saved if k not in wanted]
+    diffs += [
+        f"{k}: saved {saved[k]}, model {wanted[k]}"
+        for k in wanted
+        if k in saved and saved[k] != wanted[k]
+    ]
+    more = f" (+{len(diffs) - limit} more)" if len(diffs) > limit else ""
+    return "; ".join(diffs[:limit]) + more
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+    def key(path) -> str:
+        parts = []
+        for k in path:
+            for attr in ("name", "key", "idx"):
+                if hasattr(k, attr):
+                    parts.append(str(getattr(k, attr)))
+                    break
+        return "/".join(parts)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {key(p): tuple(getattr(leaf, "shape", ())) for p, leaf in leaves}
+
+
+def _read_failure(e: BaseException) -> str:
+    """What failed to read, in a few words: TensorStore names the array in a long spec."""
+    text = str(e)
+    arrays = re.findall(r"'path': '([^']*?)/?'", text) if "TensorStore" in text else []
+    arrays += re.findall(r'Error reading "([^"/]+)[^"]*" in OCDBT', text)
+    if arrays:
+        return f"state array {arrays[-1]} cannot be read (a truncated or corrupt file)"
+    return f"{type(e).__name__}: {_first_line(e)}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def _disk_error(e: BaseException, path: str) -> BaseException:
+    """A CheckpointError naming ``path`` for a full/read-only disk; ``e`` itself otherwise."""
+    cause = e
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or cause.errno not in _DISK_ERRNOS:
+        return e
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(
+        cause.errno, "the folder is not writable"
+    )
+    return errors.CheckpointError(
+        f"Cannot write checkpoint {cause.filename or path}: {what} ({os.strerror(cause.errno)}). "
+        f"Free space or choose another --workdir; the last completed checkpoint is kept."
+    )
 
 
 def find_checkpoint(path: str) -> tuple[str, int | None]:

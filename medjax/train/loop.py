@@ -253,13 +253,17 @@ def train_and_evaluate(
     if distributed.is_main():
         with open(os.path.join(run.workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=1))
+        # The resolved preprocessing plan travels with the run: --mode=predict reads it.
+        from medjax.predict import plan as plan_lib
+
+        plan_lib.record_plan(run.task, config, run.workdir)
     # -- state: resume > init_from > fresh --
     state = run.fresh_state()
     data_state = None
     start_step = 0
     latest = run.ckpt.latest_step()
-    if latest is not None:
-        state, data_state = run.ckpt.restore(latest, run.abstract_state)
+    if latest is not None:  # the newest intact checkpoint (damaged ones: warned and skipped)
+        latest, state, data_state = run.ckpt.restore_intact(run.abstract_state)
         start_step = int(jax.device_get(state.step))
         logging.info("Resuming from %s at step %d", run.ckpt.directory, start_step)
         _say(f"medjax: resuming {run.workdir} from step {start_step}")
@@ -527,10 +531,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     size and geometry when the preprocessing props allow inverting it).
     """
     run = _Run(config, workdir, for_training=False)
-    step = run.ckpt.best_step() if config.eval.step < 0 else config.eval.step
-    if step is None:
-        raise errors.CheckpointError(f"No checkpoint in {run.ckpt.directory}: train first.")
-    state, _ = run.ckpt.restore(step, run.abstract_state)
+    if config.eval.step < 0:  # the best intact checkpoint (damaged ones: warned and skipped)
+        step, state, _ = run.ckpt.restore_intact(run.abstract_state, prefer="best")
+    else:
+        step, (state, _) = config.eval.step, run.ckpt.restore(config.eval.step, run.abstract_state)
     split = config.eval.split
     metrics, per_case, preds = run.evaluate(
         state, split, keep_predictions=config.eval.write_predictions

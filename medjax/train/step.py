@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from medjax.augment import compose as augment_lib
+from medjax.evaluate import sliding_window
 from medjax.metrics import confusion
 from medjax.train import optim
 from medjax.train import state as state_lib
@@ -44,6 +45,17 @@ def _forward(state, params, batch_stats, image, *, train, compute_dtype, dropout
     return state.apply_fn(variables, image, train=train, rngs=rngs), batch_stats
 
 
+def _strided_micro_batches(x: jax.Array, k: int) -> jax.Array:
+    """``[B, ...] -> [k, B // k, ...]`` where micro-batch i holds rows i, i + k, i + 2k, ...
+
+    Strided, not contiguous: the batch axis is sharded over the data axis in contiguous blocks,
+    so rows ``i::k`` are spread over every device and each micro-batch stays sharded over all of
+    them. Contiguous chunks would each live on a subset of the devices, and XLA would re-gather
+    them (all-gathers and k times the per-device work).
+    """
+    return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+
 def make_train_step(
     loss_fn: LossFn,
     augment_fn: Callable[[jax.Array, dict], dict] | None,
@@ -57,7 +69,8 @@ def make_train_step(
     The step's randomness is ``fold_in(base_key, state.step)``, split for augmentation and
     dropout, so a resumed run draws the same numbers. With ``grad_accum_steps = k`` the batch
     is split into k micro-batches whose mean gradient makes one update (the same update as one
-    batch k times larger, for losses that are means over examples).
+    batch k times larger, for losses that are means over examples). Micro-batch i holds rows
+    ``i, i + k, ...`` so that it stays sharded over every device (``_strided_micro_batches``).
 
     Args:
       loss_fn: ``loss(logits, labels) -> float32[B]`` (per example).
@@ -100,10 +113,7 @@ def make_train_step(
                 state, state.params, state.batch_stats, batch, key
             )
         else:
-            micro = jax.tree.map(
-                lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]),
-                batch,
-            )
+            micro = jax.tree.map(lambda x: _strided_micro_batches(x, grad_accum_steps), batch)
 
             def body(carry, xs):
                 loss_sum, grad_sum, stats = carry
@@ -140,16 +150,20 @@ def make_train_step(
 
 
 def make_eval_step(
-    loss_fn: LossFn, *, precision: str = "float32"
+    loss_fn: LossFn, *, precision: str = "float32", mirror_axes: tuple[int, ...] = ()
 ) -> Callable[[state_lib.TrainState, Batch], dict[str, jax.Array]]:
     """Builds ``eval_step(state, batch) -> outputs`` for whole-image evaluation.
 
     Returns per-example ``loss [B]``, confusion counts ``tp/fp/fn/tn [B, K']`` (padding rows
     zeroed by ``batch["valid"]``) and the predicted label map ``pred int32[B, *spatial]``.
+    ``mirror_axes`` (``eval.mirror_axes``): mirroring TTA, logits averaged over the flips as on
+    the sliding-window path (``sliding_window.mirror_logits``).
     """
 
     def eval_step(state: state_lib.TrainState, batch: Batch) -> dict[str, jax.Array]:
-        logits = predict_logits(state, batch["image"], precision=precision)
+        logits = sliding_window.mirror_logits(
+            lambda x: predict_logits(state, x, precision=precision), batch["image"], mirror_axes
+        )
         valid = batch["valid"]
         out = confusion.per_example_counts(logits, batch["label"], valid=valid)
         out["loss"] = jnp.where(valid, loss_fn(logits, batch["label"]), 0.0)

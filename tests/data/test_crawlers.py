@@ -90,14 +90,15 @@ def test_classification_folder(tmp_path):
     _png(tmp_path / "benign" / "1.png")
     _png(tmp_path / "benign" / "2.png")
     cases = crawlers.get_classification_folder()(str(tmp_path))
-    assert [(c["id"], c["label"]) for c in cases] == [
+    assert all(c["label"] is None for c in cases)  # no mask: the class is class_index
+    assert [(c["id"], c["class_index"]) for c in cases] == [
         ("benign_1", 0),
         ("benign_2", 0),
         ("malignant_1", 1),
     ]
     assert cases[0]["class_names"] == ["benign", "malignant"]
     fixed = crawlers.get_classification_folder(class_names=["malignant", "benign"])(str(tmp_path))
-    assert {c["id"]: c["label"] for c in fixed}["benign_1"] == 1
+    assert {c["id"]: c["class_index"] for c in fixed}["benign_1"] == 1
 
 
 def test_classification_split_layout(tmp_path):
@@ -105,7 +106,7 @@ def test_classification_split_layout(tmp_path):
     _png(tmp_path / "train" / "dog" / "b.png")
     _png(tmp_path / "val" / "dog" / "c.png")
     cases = crawlers.get_classification_folder()(str(tmp_path))
-    assert [(c["split"], c["class_name"], c["label"]) for c in cases] == [
+    assert [(c["split"], c["class_name"], c["class_index"]) for c in cases] == [
         ("train", "cat", 0),
         ("train", "dog", 1),
         ("val", "dog", 1),

@@ -29,7 +29,7 @@ def test_class_folder_layout_and_labels(tmp_path):
     cases = crawl(str(tmp_path))
     assert len(cases) == 6
     for case in cases:
-        assert case["label"] == (os.path.basename(os.path.dirname(case["image"])) == "lesion")
+        assert case["class_index"] == (os.path.basename(os.path.dirname(case["image"])) == "lesion")
         image = np.asarray(Image.open(case["image"]))
         assert image.shape == (64, 64) and image.dtype == np.uint8
 

@@ -8,33 +8,36 @@ import pytest
 from scipy import ndimage
 
 from medjax import errors, registry
-from medjax.metrics import segmentation
+from medjax.metrics import segmentation, surface
 
 
-def _brute_surface(mask):
-    """Interior = the voxel and all 3**n - 1 neighbours are set (outside counts as empty)."""
+def _brute_surface(mask, connectivity="face"):
+    """Interior = the voxel and all its neighbours are set (outside counts as empty): the
+    2 * ndim face neighbours (``"face"``) or all 3**ndim - 1 (``"full"``)."""
     padded = np.pad(mask, 1)
     interior = mask.copy()
     for offset in itertools.product((-1, 0, 1), repeat=mask.ndim):
+        if connectivity == "face" and sum(map(abs, offset)) > 1:
+            continue
         window = tuple(slice(1 + o, 1 + o + s) for o, s in zip(offset, mask.shape, strict=True))
         interior &= padded[window]
     return mask & ~interior
 
 
-def _brute_distances(pred, ref, spacing):
+def _brute_distances(pred, ref, spacing, connectivity="face"):
     """Directed surface distances by all-pairs Euclidean distance between voxel centres (mm)."""
-    p = np.argwhere(_brute_surface(pred)) * np.asarray(spacing, np.float64)
-    r = np.argwhere(_brute_surface(ref)) * np.asarray(spacing, np.float64)
+    p = np.argwhere(_brute_surface(pred, connectivity)) * np.asarray(spacing, np.float64)
+    r = np.argwhere(_brute_surface(ref, connectivity)) * np.asarray(spacing, np.float64)
     d = np.sqrt(((p[:, None, :] - r[None, :, :]) ** 2).sum(-1))
     return d.min(1), d.min(0)
 
 
-def _brute_metrics(pred, ref, spacing):
+def _brute_metrics(pred, ref, spacing, connectivity="face"):
     if not pred.any() and not ref.any():
-        return 1.0, 0.0, 0.0
+        return 1.0, math.nan, math.nan
     if not pred.any() or not ref.any():
         return 0.0, math.inf, math.inf
-    d_pr, d_rp = _brute_distances(pred, ref, spacing)
+    d_pr, d_rp = _brute_distances(pred, ref, spacing, connectivity)
     hd95 = max(np.percentile(d_pr, 95), np.percentile(d_rp, 95))
     assd = (d_pr.sum() + d_rp.sum()) / (len(d_pr) + len(d_rp))
     dice = 2 * (pred & ref).sum() / (pred.sum() + ref.sum())
@@ -50,16 +53,18 @@ def _blobs(rng, shape, num_classes):
     return label
 
 
+@pytest.mark.parametrize("connectivity", ["face", "full"])
 @pytest.mark.parametrize(
     "shape,spacing",
     [((14, 12), (0.7, 2.0)), ((9, 10, 11), (3.0, 0.8, 1.1)), ((8, 8, 8), (1.0, 1.0, 1.0))],
 )
-def test_case_metrics_match_brute_force(shape, spacing):
+def test_case_metrics_match_brute_force(shape, spacing, connectivity):
     rng = np.random.default_rng(sum(shape))
     ref, pred = _blobs(rng, shape, 3), _blobs(rng, shape, 3)
-    got = segmentation.case_metrics(pred, ref, num_classes=3, spacing=spacing)
+    kwargs = {} if connectivity == "face" else {"connectivity": connectivity}  # face: default
+    got = segmentation.case_metrics(pred, ref, num_classes=3, spacing=spacing, **kwargs)
     for i, c in enumerate((1, 2)):
-        dice, hd95, assd = _brute_metrics(pred == c, ref == c, spacing)
+        dice, hd95, assd = _brute_metrics(pred == c, ref == c, spacing, connectivity)
         assert got["dice"][i] == pytest.approx(dice, rel=1e-12)
         assert got["hd95"][i] == pytest.approx(hd95, rel=1e-9)
         assert got["assd"][i] == pytest.approx(assd, rel=1e-9)
@@ -75,13 +80,13 @@ def test_hand_computed_single_voxels_and_shift():
     # Two single voxels 2 apart along axis 0 with spacing 3 mm: every distance is 6 mm.
     pred, ref = np.zeros((5, 4, 4), bool), np.zeros((5, 4, 4), bool)
     pred[0, 1, 1], ref[2, 1, 1] = True, True
-    got = segmentation.distance_metrics(pred, ref, (3.0, 1.0, 1.0))
+    got = surface.distance_metrics(pred, ref, (3.0, 1.0, 1.0))
     assert got == {"hd95": 6.0, "assd": 6.0}
     # A 2D bar (20 x 2, so all 40 voxels are surface) shifted by one voxel along its length,
     # spacing 2.5 mm along the shift: per direction 38 distances are 0 and 2 are 2.5 mm.
     a, b = np.zeros((22, 4), bool), np.zeros((22, 4), bool)
     a[0:20, 1:3], b[1:21, 1:3] = True, True
-    got = segmentation.distance_metrics(a, b, (2.5, 1.0))
+    got = surface.distance_metrics(a, b, (2.5, 1.0))
     assert got["assd"] == pytest.approx(4 * 2.5 / 80)
     # 95th percentile, linear interpolation: position 0.95 * 39 = 37.05 between 0 and 2.5.
     assert got["hd95"] == pytest.approx(0.05 * 2.5)
@@ -92,7 +97,7 @@ def test_empty_conventions():
     blob[2:4, 2:5, 1:3] = 1
     both = segmentation.case_metrics(empty, empty, num_classes=2, spacing=(1, 1, 1))
     assert both["dice"][0] == 1 and both["iou"][0] == 1
-    assert both["hd95"][0] == 0 and both["assd"][0] == 0
+    assert np.isnan(both["hd95"][0]) and np.isnan(both["assd"][0])  # undefined, as MONAI
     assert np.isnan(both["sensitivity"][0]) and np.isnan(both["precision"][0])
     assert both["specificity"][0] == 1
     for pred, ref in ((empty, blob), (blob, empty)):
@@ -108,7 +113,7 @@ def test_crop_matches_uncropped_distance_transform():
     ref[0:5, 3:9] = True
     pred = ndimage.binary_dilation(ref) & (rng.random(ref.shape) > 0.1)
     spacing = (1.3, 0.4)
-    d_pr, d_rp = segmentation.directed_surface_distances(pred, ref, spacing)
+    d_pr, d_rp = surface.directed_surface_distances(pred, ref, spacing)
     s_pred, s_ref = _brute_surface(pred), _brute_surface(ref)
     full_to_ref = ndimage.distance_transform_edt(~s_ref, sampling=spacing)[s_pred]
     full_to_pred = ndimage.distance_transform_edt(~s_pred, sampling=spacing)[s_ref]

@@ -160,7 +160,7 @@ def test_sharded_logits_equal_unsharded_3d():
     assert len(sharded.sharding.device_set) == 8
     with jax.set_mesh(mesh):
         got = jax.jit(forward, in_shardings=(replicated, batch_sh))(variables, sharded)
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=3e-5 * np.abs(expected).max())
 
 
 def test_options_residual_remat_bf16_trace():

@@ -41,6 +41,7 @@ def test_train_writes_checkpoints_metrics_and_summary(trained):
     assert all(np.isfinite(x["train/loss"]) and x["train/lr"] > 0 for x in train)
     val = [x for x in lines if "val/dice" in x]
     assert len(val) == 2 and all(0.0 <= x["val/dice"] <= 1.0 for x in val)
+    assert all("val/hd95_mm" in x and "val/hd95_empty_cases" in x for x in val)  # 2D path too
     assert any("val/baseline_threshold_dice" in x for x in lines)
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["model"]["name"] == "unet"

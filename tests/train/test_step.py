@@ -1,5 +1,7 @@
 """The jitted train step: sharding, 1 vs 8 devices, no retracing, accumulation, bf16."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,7 @@ from medjax.train import state as state_lib
 from medjax.train import step as step_lib
 
 
-def _setup(n_devices, *, accum=1, precision="float32", norm="instance", augment=True):
+def _setup(n_devices, *, accum=1, precision="float32", norm="instance", augment=True, tx=None):
     mesh = jax.make_mesh(
         (n_devices,),
         ("data",),
@@ -22,7 +24,7 @@ def _setup(n_devices, *, accum=1, precision="float32", norm="instance", augment=
         devices=jax.devices()[:n_devices],
     )
     model = registry.lookup("models", "unet", depth=2, features=4, norm=norm)
-    tx = optax.adam(1e-2)
+    tx = tx or optax.adam(1e-2)
     schedule = optax.constant_schedule(1e-2)
     state = state_lib.create_train_state(model, tx, (1, 16, 16, 1), jax.random.key(0))
     repl, batch_sh = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
@@ -69,17 +71,43 @@ def test_step_compiles_once():
     assert step._cache_size() == 1
 
 
-def test_gradient_accumulation_equals_one_big_batch():
-    # Without augmentation and with per-example norms the micro-batch split is exact.
-    a, step_a, batch_sh, repl = _setup(8, accum=1, augment=False)
-    b, step_b, _, _ = _setup(8, accum=2, augment=False)
+def test_strided_accumulation_has_no_all_gather_and_gives_the_big_batch_gradients():
+    # Plain SGD with rate 1: the update is minus the mean gradient, so params before - after are
+    # the gradients. Instance norm and a per-example loss: the micro-batch split is exact.
+    sgd = optax.sgd(1.0)
+    big, step_big, batch_sh, repl = _setup(8, accum=1, augment=False, tx=sgd)
+    acc, step_acc, _, _ = _setup(8, accum=4, augment=False, tx=sgd)
     key = jax.device_put(jax.random.key(1), repl)
-    batch = jax.device_put(_batch(0, b=16), batch_sh)
-    a, ma = step_a(a, batch, key)
-    b, mb = step_b(b, batch, key)
-    np.testing.assert_allclose(float(ma["loss"]), float(mb["loss"]), rtol=1e-5)
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    host = _batch(0, b=32)
+    batch = jax.device_put(host, batch_sh)
+    hlo = step_acc.lower(acc, batch, key).compile().as_text()
+    # Each micro-batch (rows i::4) is sharded over all 8 devices: nothing is re-gathered.
+    assert len(re.findall(r"all-gather(?:-start)?\(", hlo)) == 0
+
+    # Reference: the plain gradient of the mean loss over all 32 examples, one device, no step.
+    model = registry.lookup("models", "unet", depth=2, features=4, norm="instance")
+    loss = registry.lookup("losses", "dice_ce")
+    params = jax.device_get(big.params)
+
+    def mean_loss(p):
+        return jnp.mean(loss(model.apply({"params": p}, host["image"], train=True), host["label"]))
+
+    ref_loss, ref_grads = jax.value_and_grad(mean_loss)(params)
+    before = jax.device_get(big.params)
+    big, m_big = step_big(big, batch, key)
+    acc, m_acc = step_acc(acc, batch, key)
+    # float32 sums over 32 examples in different orders: tolerance from the gradient's scale.
+    scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(ref_grads))
+    for p0, g, pb, pa in zip(
+        *(jax.tree.leaves(t) for t in (before, ref_grads, big.params, acc.params)), strict=True
+    ):
+        # Plus the float32 rounding of p0 - g (the params may be much larger than the gradient).
+        atol = 1e-5 * scale + 2 * np.finfo(np.float32).eps * float(np.max(np.abs(p0)))
+        g = np.asarray(g, np.float64)
+        np.testing.assert_allclose(np.asarray(p0) - np.asarray(pb), g, rtol=0, atol=atol)
+        np.testing.assert_allclose(np.asarray(p0) - np.asarray(pa), g, rtol=0, atol=atol)
+    for m in (m_big, m_acc):
+        assert float(m["loss"]) == pytest.approx(float(ref_loss), rel=1e-5)
 
 
 def test_bf16_step_keeps_fp32_master_weights_and_tracks_fp32():

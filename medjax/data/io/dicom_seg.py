@@ -26,6 +26,7 @@ from absl import logging
 
 import medjax
 from medjax import errors
+from medjax.data import case_ids
 from medjax.data.io import dicom
 from medjax.data.io import volume as volume_lib
 
@@ -327,14 +328,16 @@ def write_case_seg(
         return None
     # The dicom_series crawler names a case by its SeriesInstanceUID; a folder that holds one
     # series needs no uid (and with several and no match, write_dicom_seg names them all).
-    path = os.path.join(out_dir, f"{entry['id']}.seg.dcm")
+    # The store id is a safe file name (case_ids.safe_case_id); the uid is its source id.
+    path = case_ids.ensure_inside(out_dir, os.path.join(out_dir, f"{entry['id']}.seg.dcm"))
+    uid = case_ids.source_id(entry)
     try:
         files: str | list[str] = source
         if os.path.isdir(source):
             # Scan once and hand over the files (write_dicom_seg would scan the folder again).
             series = dicom.find_series(source)
-            if entry["id"] in series:
-                files = series[entry["id"]]
+            if uid in series:
+                files = series[uid]
             elif len(series) == 1:
                 files = next(iter(series.values()))
         return write_dicom_seg(

@@ -37,6 +37,7 @@ import numpy as np
 from absl import logging
 
 from medjax import errors
+from medjax.data import case_ids
 from medjax.data.io import itk
 from medjax.data.io import volume as volume_lib
 from medjax.data.luna import csvs, geometry
@@ -165,6 +166,12 @@ def _atomic_json(path: pathlib.Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _part(parts: pathlib.Path, uid: str) -> pathlib.Path:
+    """``parts/<safe uid>`` without a suffix: a seriesuid from a CSV must not name a path."""
+    name = case_ids.safe_case_id(uid)
+    return pathlib.Path(case_ids.ensure_inside(parts, parts / f"{name}.part"))
+
+
 def _process_scan(task: dict) -> dict:
     """Worker: reads one scan, writes ``parts/<uid>.npy`` and returns the scan's record.
 
@@ -193,11 +200,12 @@ def _process_scan(task: dict) -> dict:
         ],
         shape=list(scan.spatial_shape),
     )
-    tmp = parts / f".{uid}.tmp-{os.getpid()}.npy"
+    part = _part(parts, uid)
+    tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}.npy")
     np.save(tmp, cutouts)
-    os.replace(tmp, parts / f"{uid}.npy")
+    os.replace(tmp, part.with_suffix(".npy"))
     # The record is written last: it is what marks the part as complete.
-    _atomic_json(parts / f"{uid}.json", record)
+    _atomic_json(part.with_suffix(".json"), record)
     return record
 
 
@@ -312,8 +320,8 @@ def build_cutout_store(
         if prev and [prev["signature"], prev["key"]] == [task["signature"], task["key"]]:
             records[uid] = {**prev, "seriesuid": uid, "source": "store"}
             continue
-        part_json = parts / f"{uid}.json"
-        if part_json.exists() and (parts / f"{uid}.npy").exists():
+        part_json = _part(parts, uid).with_suffix(".json")
+        if part_json.exists() and part_json.with_suffix(".npy").exists():
             rec = json.loads(part_json.read_text())
             if [rec["signature"], rec["key"]] == [task["signature"], task["key"]]:
                 records[uid] = {**rec, "source": "part"}
@@ -409,7 +417,8 @@ def build_cutout_store(
             a, b = old_scans[rec["seriesuid"]]["rows"]
             store[row0 : row0 + n] = old_cutouts[a:b]
         elif n:
-            store[row0 : row0 + n] = np.load(parts / f"{rec['seriesuid']}.npy", mmap_mode="r")[:n]
+            part = _part(parts, rec["seriesuid"]).with_suffix(".npy")
+            store[row0 : row0 + n] = np.load(part, mmap_mode="r")[:n]
     store.flush()
     del store, old_cutouts
 

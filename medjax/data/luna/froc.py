@@ -8,7 +8,10 @@ Follows the official ``noduleCADEvaluationLUNA16.py``:
 * each included nodule counts once, with the probability of its best hit; its other hits are
   ignored (neither true nor false positives); a nodule without a hit counts as missed;
 * hits on excluded findings (``annotations_excluded.csv``) are ignored;
-* every other result is a false positive of its scan.
+* every other result is a false positive of its scan;
+* at most ``max_marks`` (the official ``maxNumberOfCADMarks=100``) results count per scan: when a
+  scan has more, only those with a probability strictly above its ``max_marks + 1``-th highest
+  are kept (so marks tied with that one are all dropped), before any matching.
 
 The curve is ``FPs per scan = cumulative FPs / number of scans`` against ``sensitivity =
 cumulative detected nodules / all nodules``, with one point per distinct probability threshold
@@ -37,6 +40,7 @@ from medjax.data.luna import csvs
 DEFAULT_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 RESULT_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
 _UNKNOWN_DIAMETER_MM = 10.0
+DEFAULT_MAX_MARKS = 100  # The official script's maxNumberOfCADMarks.
 _PLOT_X = (0.125, 8.0)
 
 
@@ -54,6 +58,7 @@ class FrocResult:
       n_scans, n_nodules, n_detected, n_false_positives: counts.
       n_ignored_double: extra hits on already-hit nodules (ignored).
       n_ignored_excluded: results on excluded findings (ignored).
+      n_dropped_cap: results dropped by the per-scan cap on marks (``max_marks``).
       ci_low, ci_high: ``float[R]`` bootstrap confidence bounds (None without bootstrap).
       cpm_ci: ``(low, high)`` bootstrap bounds of the CPM (None without bootstrap).
       band_fps, band_low, band_high: ``float[G]`` bootstrap band on a log-spaced FP grid.
@@ -71,6 +76,7 @@ class FrocResult:
     n_false_positives: int
     n_ignored_double: int
     n_ignored_excluded: int
+    n_dropped_cap: int = 0
     ci_low: np.ndarray | None = None
     ci_high: np.ndarray | None = None
     cpm_ci: tuple[float, float] | None = None
@@ -99,7 +105,19 @@ def _result_tuple(row: Any) -> tuple[str, np.ndarray, float]:
     return str(uid), np.array([float(x), float(y), float(z)]), float(p)
 
 
-def _entries(results, annotations, excluded, seriesuids):
+def _cap_marks(prob: np.ndarray, max_marks: int | None) -> np.ndarray:
+    """``bool[N]`` marks kept under the official per-scan cap (``maxNumberOfCADMarks``).
+
+    With more than ``max_marks`` marks, only those strictly above the ``max_marks + 1``-th highest
+    probability are kept: the official script's rule, which drops every mark tied with it.
+    """
+    if not max_marks or max_marks <= 0 or prob.size <= max_marks:
+        return np.ones(prob.shape, dtype=bool)
+    threshold = np.sort(prob)[::-1][max_marks]
+    return prob > threshold
+
+
+def _entries(results, annotations, excluded, seriesuids, max_marks):
     """Per-scan FROC entries ``(is_nodule, probability, missed)`` and the ignore counts."""
     results_by = {}
     for row in results:
@@ -108,9 +126,12 @@ def _entries(results, annotations, excluded, seriesuids):
     findings = {}
     for a, included in [(a, True) for a in annotations] + [(a, False) for a in excluded]:
         findings.setdefault(a.seriesuid, []).append((a, included))
-    per_scan, n_double, n_excluded = [], 0, 0
+    per_scan, n_double, n_excluded, n_capped = [], 0, 0, 0
     for uid in seriesuids:
         rows = results_by.get(uid, [])
+        keep = _cap_marks(np.array([r[1] for r in rows], dtype=np.float64), max_marks)
+        n_capped += int((~keep).sum())
+        rows = [r for r, k in zip(rows, keep, strict=True) if k]
         xyz = np.array([r[0] for r in rows]).reshape(-1, 3)
         prob = np.array([r[1] for r in rows], dtype=np.float64)
         remaining = np.ones(len(rows), dtype=bool)  # Not yet claimed by a finding.
@@ -131,7 +152,7 @@ def _entries(results, annotations, excluded, seriesuids):
         probs += prob[remaining].tolist()
         missed += [False] * int(remaining.sum())
         per_scan.append((np.array(gt), np.array(probs), np.array(missed, dtype=bool)))
-    return per_scan, n_double, n_excluded
+    return per_scan, n_double, n_excluded, n_capped
 
 
 def _curve(gt: np.ndarray, prob: np.ndarray, missed: np.ndarray, n_scans: int):
@@ -164,6 +185,7 @@ def froc(
     n_bootstrap: int = 0,
     seed: int = 0,
     confidence: float = 0.95,
+    max_marks: int | None = DEFAULT_MAX_MARKS,
 ) -> FrocResult:
     """LUNA16 FROC analysis of a results list.
 
@@ -178,12 +200,17 @@ def froc(
       n_bootstrap: bootstrap resamples of the scans (0: no confidence interval).
       seed: bootstrap seed.
       confidence: width of the bootstrap interval.
+      max_marks: per-scan cap on the counted results, as the official evaluation (100); with
+        more, only results strictly above the ``max_marks + 1``-th highest probability of the
+        scan count. ``0`` or ``None``: every result counts.
 
     Returns:
       A ``FrocResult``.
     """
     seriesuids = list(dict.fromkeys(seriesuids))
-    per_scan, n_double, n_excluded = _entries(results, annotations, excluded, seriesuids)
+    per_scan, n_double, n_excluded, n_capped = _entries(
+        results, annotations, excluded, seriesuids, max_marks
+    )
     gt = np.concatenate([s[0] for s in per_scan]) if per_scan else np.zeros(0)
     prob = np.concatenate([s[1] for s in per_scan]) if per_scan else np.zeros(0)
     missed = np.concatenate([s[2] for s in per_scan]) if per_scan else np.zeros(0, bool)
@@ -203,6 +230,7 @@ def froc(
         n_false_positives=int((gt == 0).sum()),
         n_ignored_double=n_double,
         n_ignored_excluded=n_excluded,
+        n_dropped_cap=n_capped,
     )
     if n_bootstrap > 0 and per_scan:
         rng = np.random.default_rng(seed)

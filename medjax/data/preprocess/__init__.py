@@ -1,7 +1,8 @@
 """Offline numpy preprocessing: resampling, intensity normalisation, cropping, fingerprints.
 
-* ``pipeline``: ``preprocess_case(image, label, spec)`` / ``invert_prediction(pred, props)`` and
-  ``load_case(case)`` for crawler cases; ``DEFAULT_SPEC`` documents every spec key.
+* ``pipeline``: ``preprocess_case(image, label, spec)`` / ``invert_prediction(pred, props)``;
+  ``DEFAULT_SPEC`` documents every spec key.
+* ``load``: ``load_case(case)`` for crawler cases (NaN/Inf voxels refused, the file named).
 * ``resample``: ``resample_image`` / ``resample_label`` (grid-mode scipy zoom, geometry kept).
 * ``normalize``: zscore / ct / percentile / minmax / none.
 * ``crop``: nonzero body mask, bounding boxes, crop and uncrop.

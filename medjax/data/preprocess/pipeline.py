@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 
 from medjax import errors
-from medjax.data import io as io_lib
 from medjax.data.io import volume as volume_lib
 from medjax.data.preprocess import crop as crop_lib
 from medjax.data.preprocess import normalize as normalize_lib
 from medjax.data.preprocess import resample as resample_lib
+from medjax.data.preprocess.load import load_case  # noqa: F401 - re-exported: pp.load_case
 
 # A spec value chosen from the dataset fingerprint when the store is built
 # (``fingerprint.resolve_auto``).
@@ -127,50 +127,6 @@ def resolve_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
     else:
         normalize_lib.check_params(out["normalization"])  # fail at spec time, not at a case
     return out
-
-
-# --- loading a crawled case ---------------------------------------------------------------------
-
-
-def _read_label(path: str) -> volume_lib.Volume:
-    # 2D masks need label=True (palette indices, colour masks checked); other readers have no
-    # such switch because their files store label values directly.
-    if io_lib.format_of(path) == "image2d":
-        return io_lib.read_volume(path, label=True)
-    return io_lib.read_volume(path)
-
-
-def load_case(case: Mapping[str, Any]) -> tuple[volume_lib.Volume, volume_lib.Volume | None]:
-    """Reads a crawler case: ``image`` (a path or per-channel paths) and ``label`` (path/None).
-
-    Per-channel files (nnU-Net ``_0000``, ``_0001``) are stacked channels-last after checking
-    that they share one grid.
-
-    Returns:
-      ``(image, label)``: image ``[*spatial(, C)]``; label ``[*spatial]`` or None. A non-path
-      label (a classification class index) gives None.
-
-    Raises:
-      DataError: a file cannot be read, or channel files disagree in shape or geometry.
-    """
-    paths = case["image"] if isinstance(case["image"], list | tuple) else [case["image"]]
-    # A DICOM case's folder may hold several series (dicom_series crawler): pick this one.
-    kwargs = {"series_uid": case["series_uid"]} if case.get("series_uid") else {}
-    volumes = [io_lib.read_volume(p, **kwargs) for p in paths]
-    image = volumes[0]
-    if len(volumes) > 1:
-        for path, vol in zip(paths[1:], volumes[1:], strict=True):
-            if vol.array.shape != image.array.shape or not np.allclose(
-                vol.affine, image.affine, atol=1e-3
-            ):
-                raise errors.DataError(
-                    f"{path}: channel grid {vol.array.shape} / affine {vol.affine.tolist()} "
-                    f"differs from {paths[0]} ({image.array.shape} / {image.affine.tolist()})."
-                )
-        stacked = np.stack([np.asarray(v.array) for v in volumes], axis=-1)
-        image = image.with_array(stacked, channel_paths=[str(p) for p in paths])
-    label = case.get("label")
-    return image, _read_label(label) if isinstance(label, str) else None
 
 
 # --- checks ------------------------------------------------------------------------------------

@@ -141,3 +141,86 @@ def test_plot_png(tmp_path):
     assert np.any(np.all(image == (30, 80, 200), axis=-1))  # The curve is drawn.
     other = froc.froc(results[:1], annotations, excluded, ["a", "b"])
     assert not np.array_equal(froc.froc_plot_png(other, size=(240, 320)), image)
+
+
+def _reference_froc(results, annotations, excluded, uids, max_marks, rates=froc.DEFAULT_FP_RATES):
+    """An independent, loop-by-loop reading of the official noduleCADEvaluationLUNA16 rules.
+
+    Cap per scan (keep marks strictly above the ``max_marks + 1``-th highest probability), then
+    per finding: included nodules take their best hit, hits on excluded findings are dropped,
+    the rest are FPs. The curve is brute force: one point per distinct probability threshold t
+    with ``fps = #FP >= t / scans`` and ``sens = #nodules whose best hit >= t / nodules``.
+    """
+    nodule_probs, fp_probs = [], []
+    for uid in uids:
+        marks = [r for r in results if r[0] == uid]
+        if max_marks and len(marks) > max_marks:
+            cut = sorted((m[4] for m in marks), reverse=True)[max_marks]
+            marks = [m for m in marks if m[4] > cut]
+        left = dict(enumerate(marks))
+        findings = [(a, True) for a in annotations if a.seriesuid == uid]
+        findings += [(a, False) for a in excluded if a.seriesuid == uid]
+        for a, included in findings:
+            radius = (a.diameter_mm if a.diameter_mm >= 0 else 10.0) / 2
+            hit_ids = [
+                i
+                for i, m in enumerate(marks)
+                if sum((m[1 + k] - a.xyz[k]) ** 2 for k in range(3)) < radius**2
+            ]
+            if included:
+                nodule_probs.append(max((marks[i][4] for i in hit_ids), default=None))
+            for i in hit_ids:
+                left.pop(i, None)
+        fp_probs += [m[4] for m in left.values()]
+    thresholds = sorted({p for p in nodule_probs + fp_probs if p is not None}, reverse=True)
+    xs, ys = [0.0], [0.0]
+    for t in thresholds:
+        xs.append(sum(p >= t for p in fp_probs) / len(uids))
+        ys.append(sum(p is not None and p >= t for p in nodule_probs) / len(nodule_probs))
+    sens = np.interp(np.asarray(rates), np.asarray(xs), np.asarray(ys))
+    return float(np.mean(sens)), sens
+
+
+def test_mark_cap_issue_case():
+    # 13 scans with one nodule each; scan 0 has 101 FPs ranked above its only hit. The official
+    # cap (100 marks) drops the hit and the lowest FP: sensitivity 12/13 at every rate.
+    annotations = [A(f"s{i}", (0.0, 0.0, 0.0), 10.0) for i in range(13)]
+    results = [(f"s{i}", 0.0, 0.0, 1.0, 0.99) for i in range(1, 13)]
+    results += [("s0", 100.0 + i, 0.0, 0.0, 0.9 - i * 1e-3) for i in range(101)]
+    results += [("s0", 0.0, 0.0, 0.0, 0.5)]
+    uids = [f"s{i}" for i in range(13)]
+    capped = froc.froc(results, annotations, [], uids)
+    assert capped.cpm == pytest.approx(12 / 13) and round(capped.cpm, 4) == 0.9231
+    assert capped.n_dropped_cap == 2 and capped.n_false_positives == 100
+    uncapped = froc.froc(results, annotations, [], uids, max_marks=0)
+    assert round(uncapped.cpm, 4) == 0.9341 and uncapped.n_dropped_cap == 0
+    assert froc.froc(results, annotations, [], uids, max_marks=None).cpm == uncapped.cpm
+    for max_marks in (100, 0):
+        ref_cpm, _ = _reference_froc(results, annotations, [], uids, max_marks)
+        got = capped if max_marks else uncapped
+        assert got.cpm == pytest.approx(ref_cpm, abs=1e-12)
+
+
+@pytest.mark.parametrize("max_marks", [100, 7, 0])
+def test_mark_cap_matches_reference_on_random_sets(max_marks):
+    # Scans with 0..140 marks, probabilities on a coarse grid (ties at the cap threshold),
+    # nodules, excluded findings and marks on both.
+    rng = np.random.default_rng(max_marks)
+    uids = [f"u{i}" for i in range(6)]
+    annotations, excluded, results = [], [], []
+    for uid in uids:
+        centres = rng.uniform(-100, 100, size=(4, 3))
+        for c in centres[:3]:
+            annotations.append(A(uid, tuple(c), float(rng.choice([-1.0, 6.0, 12.0]))))
+        excluded.append(A(uid, tuple(centres[3]), 8.0))
+        n = int(rng.integers(0, 141))
+        xyz = rng.uniform(-100, 100, size=(n, 3))
+        near = rng.random(n) < 0.3  # Marks placed on a finding.
+        xyz[near] = centres[rng.integers(0, 4, near.sum())] + rng.normal(0, 2, (near.sum(), 3))
+        probs = np.round(rng.random(n), 1)
+        results += [(uid, *map(float, p), float(q)) for p, q in zip(xyz, probs, strict=True)]
+    got = froc.froc(results, annotations, excluded, uids, max_marks=max_marks)
+    ref_cpm, ref_sens = _reference_froc(results, annotations, excluded, uids, max_marks)
+    np.testing.assert_allclose(got.sensitivities, ref_sens, rtol=0, atol=1e-12)
+    assert got.cpm == pytest.approx(ref_cpm, abs=1e-12)
+    assert (got.n_dropped_cap > 0) == (max_marks in (100, 7))

@@ -1,0 +1,200 @@
+"""``--mode=export``: a self-contained bundle folder, and ``load_bundle`` to predict from it.
+
+Layout of a bundle::
+
+    model.jaxexport   the inference function serialised by ``jax.export`` (StableHLO):
+                      ``(variables, image float32[b, *patch, C]) -> logits float32[b, *patch, K]``
+                      with a symbolic batch size ``b``, lowered for CPU and CUDA where the
+                      installed jax can (``metadata.json`` lists the platforms)
+    weights.npz       the variables (params, batch-norm statistics), ``/``-joined keys
+    plan.json         the run's preprocessing plan (``medjax.predict.plan``)
+    labels.json       label values and names
+    metadata.json     medjax / jax versions, platforms, the run's config, its checkpoint step and
+                      that checkpoint's validation metrics
+
+``load_bundle(path)`` needs none of the config file, the store or the model code: it
+deserialises the function, loads the weights and predicts through the same per-case path as a
+workdir (``segment.predict_case``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import traverse_util
+
+import medjax
+from medjax import errors
+from medjax.predict import model as model_lib
+
+FUNCTION_FILE = "model.jaxexport"
+WEIGHTS_FILE = "weights.npz"
+METADATA_FILE = "metadata.json"
+PLATFORMS = ("cpu", "cuda")
+
+
+def _export(member: model_lib.Member) -> tuple[bytes, list[str]]:
+    """Serialises ``member``'s logits function with a symbolic batch; returns (bytes, platforms)."""
+    from jax import export
+
+    from medjax.train import loop
+
+    plan = member.plan
+    logits = jax.jit(
+        model_lib.make_logits_fn(loop.build_model(member.config), member.config.train.precision)
+    )
+    (batch,) = export.symbolic_shape("b")
+    image = jax.ShapeDtypeStruct((batch, *plan["patch_size"], plan["channels"]), np.float32)
+    variables = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), member.variables)
+    try:
+        exported = export.export(logits, platforms=PLATFORMS)(variables, image)
+    except Exception as e:  # noqa: BLE001 - this jax cannot lower for every platform here
+        logging.warning(
+            "Export for %s failed (%s); exporting for this platform only.", PLATFORMS, e
+        )
+        exported = export.export(logits)(variables, image)
+    return bytes(exported.serialize()), list(exported.platforms)
+
+
+def export_bundle(
+    workdir: str, output: str, *, checkpoint: str | int = "best", overwrite: bool = False
+) -> str:
+    """Writes the bundle of ``workdir``'s ``checkpoint`` to ``output`` (see the module docstring).
+
+    Raises:
+      ConfigError: ``output`` exists and is not empty (without ``overwrite``).
+      CheckpointError: the workdir has no checkpoint.
+    """
+    from medjax.predict import runner
+    from medjax.train import checkpoint as ckpt_lib
+
+    output = runner.check_output(output, overwrite)
+    member = model_lib.load_member(workdir, checkpoint)
+    payload, platforms = _export(member)
+    ckpt = ckpt_lib.Checkpointer(
+        os.path.join(member.workdir, "ckpt"), member.config.ckpt, read_only=True
+    )
+    try:
+        metrics = ckpt.metrics(member.step) or {}
+    finally:
+        ckpt.close()
+    tmp = f"{output.rstrip(os.sep)}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    with open(os.path.join(tmp, FUNCTION_FILE), "wb") as f:
+        f.write(payload)
+    flat = traverse_util.flatten_dict(jax.device_get(member.variables), sep="/")
+    np.savez(os.path.join(tmp, WEIGHTS_FILE), **{k: np.asarray(v) for k, v in flat.items()})
+    plan = member.plan
+    files = {
+        "plan.json": plan,
+        "labels.json": {"label_values": plan["label_values"], "label_names": plan["label_names"]},
+        METADATA_FILE: {
+            "format": "medjax-bundle-1",
+            "medjax_version": medjax.__version__,
+            "jax_version": jax.__version__,
+            "platforms": platforms,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "workdir": member.workdir,
+            "step": member.step,
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "config": json.loads(member.config.to_json_best_effort()),
+        },
+    }
+    for name, obj in files.items():
+        with open(os.path.join(tmp, name), "w") as f:
+            json.dump(obj, f, indent=1)
+    if os.path.isdir(output):
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    return output
+
+
+def is_bundle(path: str) -> bool:
+    """Whether ``path`` is a bundle folder (rather than a workdir)."""
+    return os.path.isfile(os.path.join(path, FUNCTION_FILE))
+
+
+class Bundle(model_lib.Member):
+    """A loaded bundle: a ``Member`` (``segment.predict_case`` and the runner take it) that
+    also predicts by itself."""
+
+    def predict_volume(self, image: Any, **kwargs: Any) -> Any:
+        """``segment.predict_case([self], image, **kwargs)``: a ``CaseResult`` on the input's
+        grid for a ``Volume`` (or a path ``read_volume`` reads)."""
+        from medjax.predict import segment
+
+        if isinstance(image, str | os.PathLike):
+            image = medjax.read_volume(image)
+        return segment.predict_case([self], image, **kwargs)
+
+    def predict(self, input_path: str, output: str, **options: Any) -> dict[str, Any]:
+        """Predicts a file or folder into ``output`` like ``--mode=predict`` (``options``: the
+        keys of the config's ``predict`` section, e.g. ``save_probabilities=True``)."""
+        from medjax.predict import runner
+
+        pcfg = runner.default_options()
+        pcfg.update(dict(options, input=str(input_path), output=str(output)))
+        out = runner.check_output(pcfg.output, bool(pcfg.overwrite))
+        os.makedirs(out, exist_ok=True)
+        return runner.run_segmentation([self], pcfg, out)
+
+
+def load_bundle(path: str) -> Bundle:
+    """A bundle as a ``Member`` that ``segment.predict_case`` and the predict runner accept.
+
+    The member's ``config`` holds only what the runner reads (the model name); the function
+    runs on the default device, un-sharded.
+
+    Raises:
+      CheckpointError: ``path`` is not a bundle, or its function was not exported for this
+        platform (the message lists the platforms it has).
+    """
+    from jax import export
+
+    path = os.path.abspath(os.path.expanduser(path))
+    if not is_bundle(path):
+        raise errors.CheckpointError(f"{path}: not a medjax bundle (no {FUNCTION_FILE}).")
+    with open(os.path.join(path, FUNCTION_FILE), "rb") as f:
+        exported = export.deserialize(bytearray(f.read()))
+    platform = jax.devices()[0].platform
+    platform = "cuda" if platform == "gpu" else platform
+    if platform not in exported.platforms:
+        raise errors.CheckpointError(
+            f"{path}: exported for {list(exported.platforms)}, not for this {platform} device; "
+            "export again on a machine whose jax can lower for it."
+        )
+    with np.load(os.path.join(path, WEIGHTS_FILE)) as z:
+        variables = traverse_util.unflatten_dict({k: z[k] for k in z.files}, sep="/")
+    with open(os.path.join(path, "plan.json")) as f:
+        plan = json.load(f)
+    with open(os.path.join(path, METADATA_FILE)) as f:
+        metadata = json.load(f)
+    device_vars = jax.device_put(variables)
+    config = ml_collections.ConfigDict(
+        {"model": {"name": plan["model"]["name"]}, "bundle": metadata_summary(metadata)}
+    )
+    return Bundle(
+        workdir=path,
+        config=config,
+        plan=plan,
+        step=int(metadata.get("step", -1)),
+        variables=variables,
+        logits=lambda x: exported.call(device_vars, x),
+        mesh=None,
+    )
+
+
+def metadata_summary(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The bundle's versions, platforms and step (without the full config)."""
+    keys = ("medjax_version", "jax_version", "platforms", "step")
+    return {k: metadata[k] for k in keys if k in metadata}

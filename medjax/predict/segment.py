@@ -1,0 +1,216 @@
+"""One segmentation case: preprocess with the recorded plan, predict, invert, post-process.
+
+``predict_case`` is the per-case unit a batch runner (``predict.runner`` or an evaluation
+runner) calls. It is the evaluation path on new data: ``preprocess_case`` with the run's
+resolved spec, ``sliding_window_predict`` (Gaussian blending; one window when the case is the
+patch), the label map from the logits (sigmoid > 0.5 / argmax), ``invert_prediction`` back to
+the input's grid and geometry. An ensemble averages the members' probabilities on the input's
+grid (each member preprocessed by its own plan) and labels the mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from medjax import errors
+from medjax.data.io import volume as volume_lib
+from medjax.predict import model as model_lib
+
+
+@dataclasses.dataclass
+class CaseResult:
+    """A case's prediction on its original grid.
+
+    Attributes:
+      labels: ``Volume`` of ``uint8[*spatial]`` label values, the input's geometry.
+      probabilities: ``Volume`` of ``float32[*spatial, K]`` (None unless asked for or ensembling).
+      max_probability: the highest foreground probability anywhere in the case.
+    """
+
+    labels: volume_lib.Volume
+    probabilities: volume_lib.Volume | None
+    max_probability: float
+
+
+def check_input(image: volume_lib.Volume, plan: Mapping[str, Any], where: str) -> None:
+    """Raises DataError when ``image`` cannot go through ``plan``'s model (dims, channels)."""
+    n = len(plan["patch_size"])
+    if image.ndim_spatial != n:
+        raise errors.DataError(
+            f"{where}: a {image.ndim_spatial}D image given to a {n}D model "
+            f"(shape {tuple(image.array.shape)})."
+        )
+
+
+def _member_logits(
+    member: model_lib.Member,
+    image: volume_lib.Volume,
+    mirror_axes: Sequence[int] | None,
+    where: str,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Preprocessed-space logits ``float32[*S, K]`` and the props to invert them."""
+    from medjax.data.preprocess import pipeline as pp
+    from medjax.evaluate import sliding_window
+
+    plan = member.plan
+    check_input(image, plan, where)
+    array, _, props = pp.preprocess_case(image, None, plan["spec"])
+    if plan.get("channels") is not None and array.shape[-1] != plan["channels"]:
+        raise errors.DataError(
+            f"{where}: {array.shape[-1]} channel(s) after preprocessing but the model "
+            f"({member.workdir}) was trained on {plan['channels']}."
+        )
+    inference = plan["inference"]
+    axes = inference["mirror_axes"] if mirror_axes is None else mirror_axes
+    logits = sliding_window.sliding_window_predict(
+        member.logits,
+        array,
+        tile_size=tuple(plan["patch_size"]),
+        num_classes=int(plan["num_classes"]),
+        step_fraction=inference["step_fraction"],
+        batch_size=inference["batch_size"],
+        mirror_axes=tuple(int(a) for a in axes),
+        mesh=member.mesh,
+        blend=inference["blend"],
+    )
+    return logits, props
+
+
+def labels_from_logits(logits: np.ndarray) -> np.ndarray:
+    """``[*S, K]`` logits -> ``uint8[*S]`` (logit > 0 for K == 1, else argmax), as evaluation."""
+    if logits.shape[-1] == 1:
+        return (logits[..., 0] > 0).astype(np.uint8)
+    return np.argmax(logits, axis=-1).astype(np.uint8)
+
+
+def labels_from_probabilities(probs: np.ndarray) -> np.ndarray:
+    """``[*S, K]`` probabilities -> ``uint8[*S]`` (p > 0.5 for K == 1, else argmax)."""
+    if probs.shape[-1] == 1:
+        return (probs[..., 0] > 0.5).astype(np.uint8)
+    return np.argmax(probs, axis=-1).astype(np.uint8)
+
+
+def _max_foreground(probs: np.ndarray) -> float:
+    fg = probs[..., 0] if probs.shape[-1] == 1 else probs[..., 1:]
+    return float(fg.max()) if fg.size else 0.0
+
+
+def predict_case(
+    members: Sequence[model_lib.Member],
+    image: volume_lib.Volume,
+    *,
+    mirror_axes: Sequence[int] | None = None,
+    keep_probabilities: bool = False,
+    where: str = "<case>",
+) -> CaseResult:
+    """Predicts one case with one model or an ensemble (see the module docstring).
+
+    Args:
+      members: loaded models (``model.load_member``), checked by ``model.check_ensemble``.
+      image: the input ``[*spatial(, C)]`` with its geometry, as ``read_volume`` gives it.
+      mirror_axes: mirror TTA axes in the preprocessed array's axes; None: each run's
+        ``eval.mirror_axes`` (what its validation used).
+      keep_probabilities: also return the probabilities on the original grid.
+      where: the case's name for error messages.
+
+    Returns:
+      ``CaseResult`` on the input's grid and geometry.
+
+    Raises:
+      DataError: the image does not fit the model (dimensionality, channels).
+    """
+    from medjax.data.preprocess import pipeline as pp
+
+    if len(members) == 1:
+        logits, props = _member_logits(members[0], image, mirror_axes, where)
+        labels = pp.invert_prediction(labels_from_logits(logits), props)
+        probs = model_lib.probabilities(logits)
+        max_p = _max_foreground(probs)
+        prob_vol = pp.invert_prediction(probs, props) if keep_probabilities else None
+        del logits, probs
+        return CaseResult(labels, prob_vol, max_p)
+    total: np.ndarray | None = None
+    for member in members:
+        logits, props = _member_logits(member, image, mirror_axes, where)
+        vol = pp.invert_prediction(model_lib.probabilities(logits), props)
+        del logits
+        total = np.asarray(vol.array, np.float32) if total is None else total + vol.array
+    mean = total / np.float32(len(members))
+    prob_vol = vol.with_array(mean)
+    labels = prob_vol.with_array(labels_from_probabilities(mean))
+    return CaseResult(labels, prob_vol if keep_probabilities else None, _max_foreground(mean))
+
+
+# --- post-processing and statistics ------------------------------------------------------------
+
+
+def voxel_ml(spacing: Sequence[float]) -> float:
+    """Millilitres per voxel (mm^3 / 1000); for 2D, the pixel area in cm^2."""
+    return float(math.prod(float(s) for s in spacing)) / 1000.0
+
+
+def postprocess(
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    keep_largest: Sequence[int] = (),
+    min_size_voxels: int = 0,
+    min_size_ml: float = 0.0,
+) -> np.ndarray:
+    """Connected-component clean-up of a label map, per foreground class.
+
+    For each label value in ``keep_largest`` only its largest connected component is kept
+    (``scipy.ndimage.label``, face connectivity; the first in scan order on a tie). Then, for
+    every foreground label, components smaller than ``min_size_voxels`` voxels or
+    ``min_size_ml`` millilitres (from ``spacing``) are removed. Removed voxels become 0.
+
+    Args:
+      labels: ``int[*spatial]`` label values.
+      spacing: mm per voxel in array axis order.
+
+    Returns:
+      The cleaned label map (a new array; the input is not modified).
+    """
+    out = np.array(labels, copy=True)
+    min_vox = max(int(min_size_voxels), math.ceil(float(min_size_ml) / voxel_ml(spacing) - 1e-9))
+    keep = {int(k) for k in keep_largest}
+    if not keep and min_vox <= 1:
+        return out
+    for value in np.unique(out):
+        if value == 0 or (int(value) not in keep and min_vox <= 1):
+            continue
+        components, n = ndimage.label(out == value)
+        if n == 0:
+            continue
+        sizes = np.bincount(components.ravel())[1:]
+        drop = np.zeros(n + 1, bool)
+        if int(value) in keep and n > 1:
+            drop[1:] = True
+            drop[1 + int(np.argmax(sizes))] = False
+        drop[1:] |= sizes < min_vox
+        out[drop[components]] = 0
+    return out
+
+
+def class_stats(
+    labels: np.ndarray, spacing: Sequence[float], label_values: Sequence[int]
+) -> dict[str, float]:
+    """Per foreground label value ``k``: ``class<k>_voxels``, ``class<k>_ml`` and
+    ``class<k>_components`` (connected components, face connectivity)."""
+    per_voxel = voxel_ml(spacing)
+    out: dict[str, float] = {}
+    for k in label_values:
+        if k == 0:
+            continue
+        mask = labels == k
+        count = int(np.count_nonzero(mask))
+        out[f"class{k}_voxels"] = count
+        out[f"class{k}_ml"] = round(count * per_voxel, 6)
+        out[f"class{k}_components"] = int(ndimage.label(mask)[1]) if count else 0
+    return out

@@ -1,0 +1,170 @@
+"""--mode=predict with a tiny 2D run: eval's masks reproduced, bad files listed, ensembles,
+overwrite refusal, a workdir without checkpoint, and the plan of runs older than plan.json."""
+
+import csv
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medjax import errors
+from medjax.data import store
+from medjax.predict import plan as plan_lib
+from medjax.predict import run_config, runner
+from medjax.testing import configs
+from medjax.train import loop
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny 2D runs (seeds 0 and 1, one epoch each) and run 0's test-split evaluation."""
+    out, config = {}, None
+    for seed in (1, 0):
+        config = configs.load_config("unet", "tiny")
+        config.train.epochs = 1
+        config.seed = seed
+        workdir = str(tmp_path_factory.mktemp(f"run{seed}"))
+        loop.train_and_evaluate(config, workdir)
+        out[seed] = workdir
+    out["eval"] = loop.evaluate(config, out[0])
+    with open(os.path.join(out[0], "plan.json")) as f:
+        manifest = store.load_manifest(json.load(f)["store_dir"])
+    out["test_images"] = [
+        e["source"]["image"][0] for e in manifest["cases"] if e["split"] == "test"
+    ]
+    return out
+
+
+def _predict(workdir, input_path, output, **predict):
+    config = run_config.get_config(workdir)
+    config.predict.input = str(input_path)
+    config.predict.output = str(output)
+    for k, v in predict.items():
+        config.predict[k] = v
+    return runner.predict(config, workdir)
+
+
+def _rows(result):
+    with open(result["csv"]) as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_reproduces_eval_masks_and_lists_bad_files(runs, tmp_path):
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for path in runs["test_images"]:
+        shutil.copy(path, folder)
+    good = runs["test_images"][0]
+    with open(good, "rb") as f:
+        (folder / "truncated.png").write_bytes(f.read()[:120])  # header only: unreadable
+    (folder / "notes.bin").write_bytes(b"not an image")
+    result = _predict(runs[0], folder, tmp_path / "out")
+
+    rows = {os.path.basename(r["source"]): r for r in _rows(result)}
+    assert rows["truncated.png"]["status"] == "skipped" and rows["truncated.png"]["reason"]
+    assert rows["notes.bin"]["status"] == "skipped" and "not" in rows["notes.bin"]["reason"]
+    eval_dir = os.path.join(runs["eval"]["dir"], "predictions")
+    assert result["ok"] == len(runs["test_images"]) == 16
+    for path in runs["test_images"]:
+        name = os.path.basename(path)
+        assert rows[name]["status"] == "ok"
+        ours = np.asarray(Image.open(tmp_path / "out" / name))
+        theirs = np.asarray(Image.open(os.path.join(eval_dir, name)))
+        assert ours.shape == np.asarray(Image.open(path)).shape
+        np.testing.assert_array_equal(ours, theirs, err_msg=name)
+        # predictions.csv counts what the written mask holds (binary masks are 0/255).
+        assert int(rows[name]["class1_voxels"]) == int(np.count_nonzero(ours))
+        assert 0.0 <= float(rows[name]["max_probability"]) <= 1.0
+
+
+def test_ensemble_is_the_mean_of_member_probabilities(runs, tmp_path):
+    image = runs["test_images"][3]
+    probs = []
+    for seed in (0, 1):
+        _predict(runs[seed], image, tmp_path / f"p{seed}", save_probabilities=True)
+        probs.append(_load_probs(tmp_path / f"p{seed}"))
+    _predict(runs[0], image, tmp_path / "ens", save_probabilities=True, ensemble=(runs[1],))
+    ens = _load_probs(tmp_path / "ens")
+    mean = (probs[0].astype(np.float64) + probs[1]) / 2
+    np.testing.assert_allclose(ens, mean, rtol=0, atol=1e-6)
+    mask = np.asarray(Image.open(glob.glob(str(tmp_path / "ens" / "*.png"))[0]))
+    np.testing.assert_array_equal(mask, np.where(mean[..., 0] > 0.5, 255, 0))
+
+
+def _load_probs(folder):
+    import nibabel as nib
+
+    (path,) = glob.glob(str(folder / "*_probabilities.nii.gz"))
+    data = np.asarray(nib.load(path).dataobj, np.float64)
+    # 2D is written as one NIfTI slice with channels in dim 4: (W, H, 1, K) -> [H, W, K].
+    return np.transpose(data[:, :, 0, :], (1, 0, 2))
+
+
+def test_nonempty_output_is_refused_unless_overwrite(runs, tmp_path):
+    image = runs["test_images"][0]
+    _predict(runs[0], image, tmp_path / "out")
+    with pytest.raises(errors.ConfigError, match=r"predict.output=.* is not empty.*overwrite"):
+        _predict(runs[0], image, tmp_path / "out")
+    assert _predict(runs[0], image, tmp_path / "out", overwrite=True)["ok"] == 1
+
+
+def test_missing_checkpoint_and_disagreeing_ensemble_fail_at_once(runs, tmp_path):
+    empty = tmp_path / "untrained"
+    shutil.copytree(runs[0], empty, ignore=shutil.ignore_patterns("ckpt"))
+    with pytest.raises(errors.CheckpointError, match="no checkpoint"):
+        _predict(str(empty), runs["test_images"][0], tmp_path / "o1")
+    other = tmp_path / "three_class"
+    shutil.copytree(runs[1], other)
+    plan = plan_lib.load_plan(str(other))
+    plan.update(num_classes=3, label_values=[0, 1, 2])
+    (other / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(errors.ConfigError, match=r"num_classes=3"):
+        _predict(runs[0], runs["test_images"][0], tmp_path / "o2", ensemble=(str(other),))
+
+
+def test_plan_of_an_older_run_is_rebuilt_from_its_store(runs, tmp_path):
+    recorded = plan_lib.load_plan(runs[0])
+    assert recorded["spec"]["target_size"] == [32, 32]
+    assert recorded["channels"] == 1 and recorded["num_classes"] == 1
+    old = tmp_path / "old"
+    shutil.copytree(runs[0], old, ignore=shutil.ignore_patterns("ckpt", "plan.json"))
+    assert plan_lib.load_plan(str(old)) == recorded
+    config = json.loads((old / "config.json").read_text())
+    config["data"]["store_dir"] = str(tmp_path / "deleted-store")
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(errors.DataError, match="is gone"):
+        plan_lib.load_plan(str(old))
+
+
+def test_console_command_predicts_with_the_runs_own_config(runs, tmp_path):
+    """``python -m medjax.cli predict`` (what the installed ``medjax`` runs), no --config."""
+    import subprocess
+    import sys
+
+    image = runs["test_images"][1]
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medjax.cli",
+            "predict",
+            f"--workdir={runs[0]}",
+            f"--config.predict.input={image}",
+            f"--config.predict.output={tmp_path / 'cli'}",
+        ],
+        cwd=repo,
+        env=dict(os.environ),  # the same 8 CPU devices and caches as this process
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    name = os.path.basename(image)
+    ours = np.asarray(Image.open(tmp_path / "cli" / name))
+    theirs = np.asarray(Image.open(os.path.join(runs["eval"]["dir"], "predictions", name)))
+    np.testing.assert_array_equal(ours, theirs)
