@@ -60,6 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
     # split as others are added (a hash of the id); the store's report.json lists each split.
     c.data.test_fraction = 0.2
     c.data.split_seed = 0  # seed of that hash (0: the id alone); another value re-draws splits
+    # k-fold cross-validation (medjax/data/splits.py): data.fold in 0..num_folds-1 trains that
+    # fold (its validation cases from <store>/splits.json), "all" trains every fold in turn into
+    # <workdir>/fold_<k>; unset or -1 (default): no folds, the split above. An int or "all".
+    c.data.num_folds = 5
+    c.data.fold = ml_collections.config_dict.placeholder(object)
     # LUNA16 (task=luna): cutouts around candidates, balanced sampling, FROC.
     c.data.luna = ml_collections.ConfigDict()
     c.data.luna.synthetic_kwargs = ml_collections.ConfigDict()
@@ -92,6 +97,18 @@ def base_config() -> ml_collections.ConfigDict:
     # the CPU; depth2d / im2col for 3D on the CPU, measured faster there), or force one of
     # "xla" | "im2col" | "depth2d" (medjax/models/layers.py). Same parameters either way.
     c.model.conv_impl = "auto"
+
+    # nnU-Net-style planning (medjax/plan; --mode=plan prints it): with auto=True and
+    # model.name="unet", the patch size, batch size and UNet depth / widths / per-axis pooling
+    # and kernels come from the data and a measured train step (written to
+    # <workdir>/plan_arch.json); a value set on the command line still wins.
+    c.plan = ml_collections.ConfigDict()
+    c.plan.auto = False
+    c.plan.memory_gb = 0.0  # per device; 0: the device's memory (CPU: 8, plan/measure.py)
+    c.plan.base_features = 32  # UNet width at full resolution, doubled per level (nnU-Net)
+    c.plan.max_features = 0  # cap of the widths; 0: nnU-Net's (3D 320, 2D 512)
+    c.plan.min_batch_size = 2  # per device
+    c.plan.min_feature_map_size = 4  # smallest bottleneck edge (nnU-Net)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "dice_ce"

@@ -35,9 +35,23 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "preprocess", "tune", "predict", "export", "explain"],
+    [
+        "train",
+        "eval",
+        "preprocess",
+        "tune",
+        "predict",
+        "export",
+        "plan",
+        "cv_summary",
+        "choose_postprocessing",
+        "explain",
+    ],
     "What to do (tune: a sweep; predict: a trained --workdir on new data; export: a bundle of "
-    "it; --config optional for predict/export; explain: saliency maps of the best checkpoint).",
+    "it; --config optional for predict/export; plan: print and record the planned "
+    "patch/batch/UNet; cv_summary: collect the folds of <workdir>; choose_postprocessing: "
+    "per-class post-processing from the validation predictions, <workdir>/postprocessing.json; "
+    "explain: saliency maps of the best checkpoint).",
 )
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
@@ -104,7 +118,8 @@ def _main(argv: list[str]) -> None:
     import jax
 
     from medjax import distributed, errors, registry
-    from medjax.train import loop
+    from medjax.data import splits
+    from medjax.train import crossval, loop
 
     config = FLAGS.config
     workdir = FLAGS.workdir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
@@ -116,6 +131,13 @@ def _main(argv: list[str]) -> None:
         jax.devices(),
     )
     try:
+        # predict/export read the trained run's own config.json (already planned).
+        if FLAGS.mode == "plan" or (FLAGS.mode not in ("predict", "export") and config.plan.auto):
+            from medjax.plan import apply as plan_lib
+
+            config = plan_lib.for_mode(config, workdir, FLAGS.mode, sys.argv)
+            if config is None:
+                return  # --mode=plan: printed and recorded
         if FLAGS.mode == "preprocess":
             # The task prepares its own data (segmentation/classification store, LUNA cutouts);
             # process 0 first, the others then reuse it.
@@ -136,6 +158,12 @@ def _main(argv: list[str]) -> None:
                 raise errors.ConfigError("--mode=export needs --workdir=<trained run>.")
             out = config.predict.bundle or os.path.join(FLAGS.workdir or "", "bundle")
             print(bundle.export_bundle(FLAGS.workdir, out, checkpoint=config.predict.checkpoint))
+        elif FLAGS.mode == "cv_summary":
+            crossval.summarize(workdir, config.data.val_split)
+        elif FLAGS.mode == "choose_postprocessing":
+            crossval.choose_postprocessing(config, workdir)
+        elif FLAGS.mode == "train" and splits.active_fold(config) == "all":
+            crossval.train_folds(config, workdir)  # fold_<k>/ each, then cv_summary.json
         elif FLAGS.mode == "train":
             loop.train_and_evaluate(config, workdir, evaluate_after=True)
         elif FLAGS.mode == "explain":
@@ -161,7 +189,18 @@ def _main(argv: list[str]) -> None:
         sys.exit(2)
 
 
-SUBCOMMANDS = ("train", "eval", "predict", "export", "preprocess", "tune", "explain")
+SUBCOMMANDS = (
+    "train",
+    "eval",
+    "predict",
+    "export",
+    "preprocess",
+    "tune",
+    "plan",
+    "cv_summary",
+    "choose_postprocessing",
+    "explain",
+)
 
 
 def packaged_config(name: str) -> str | None:

@@ -22,6 +22,7 @@ from absl import flags
 
 from medjax import errors, registry
 from medjax.data import case_ids, progress, sampling, sources, store, synthetic, transforms
+from medjax.data import splits as splits_lib
 
 
 @dataclasses.dataclass
@@ -137,6 +138,9 @@ def prepare_data(config: ml_collections.ConfigDict) -> Data:
             entry["class_index"] = int(case["class_index"])
             entry["class_names"] = list(case.get("class_names") or [])
         splits.setdefault(entry["split"], []).append(entry)
+    # k-fold cross-validation (data.fold): train + val re-split by <store>/splits.json.
+    groups = {cid: str(c.get("group") or cid) for cid, c in by_id.items()}
+    splits = splits_lib.apply_fold(splits, config, store_dir, groups)
     if config.data.test_split not in splits:
         # Only when split folders name train and val but no test, or data.test_fraction=0.
         progress.notice(

@@ -26,6 +26,7 @@ hands it to its ``ConvBlock`` / ``conv`` layers.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -365,6 +366,8 @@ class ConvNormAct(nn.Module):
     strides: int = 1
     dtype: Any = None  # None: computed in the inputs' and parameters' dtype
     impl: str = "auto"
+    # One size for every axis or one per axis, e.g. (1, 3, 3): in-plane only for thick slices.
+    kernel_size: int | Sequence[int] = 3
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -372,7 +375,7 @@ class ConvNormAct(nn.Module):
         nd = x.ndim - 2
         x = conv(
             self.features,
-            3,
+            self.kernel_size,
             nd,
             impl=self.impl,
             strides=(self.strides,) * nd,
@@ -391,12 +394,14 @@ class ConvBlock(nn.Module):
     residual: bool = False
     dtype: Any = None  # None: computed in the inputs' and parameters' dtype
     impl: str = "auto"  # convolution formulation, see the module docstring
+    kernel_size: int | Sequence[int] = 3  # see ConvNormAct
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """``float[B, *spatial, C] -> [B, *spatial, features]``."""
-        y = ConvNormAct(self.features, self.norm, dtype=self.dtype, impl=self.impl)(x, train)
-        y = ConvNormAct(self.features, self.norm, dtype=self.dtype, impl=self.impl)(y, train)
+        kw = dict(dtype=self.dtype, impl=self.impl, kernel_size=self.kernel_size)
+        y = ConvNormAct(self.features, self.norm, **kw)(x, train)
+        y = ConvNormAct(self.features, self.norm, **kw)(y, train)
         if not self.residual:
             return y
         if x.shape[-1] != self.features:
@@ -407,6 +412,9 @@ class ConvBlock(nn.Module):
 class UpsampleMatmul(nn.Module):
     """A 2x transposed convolution (kernel 2, stride 2) written as one matmul + depth-to-space.
 
+    ``factors`` gives one factor per spatial axis instead (e.g. ``(1, 2, 2)``: no upsampling
+    along a thick-slice axis that was never pooled); None is 2 on every axis.
+
     Numerically the same map as ``nn.ConvTranspose(features, (2,)*nd, strides=(2,)*nd)``: each
     input voxel emits a ``2^nd`` block of outputs, each a linear map of that voxel's channels.
     XLA's gradient of the strided transposed convolution is very slow on GPU in 3D (measured
@@ -415,20 +423,22 @@ class UpsampleMatmul(nn.Module):
 
     features: int
     dtype: Any = None  # None: computed in the inputs' and parameters' dtype
+    factors: Sequence[int] | None = None  # per spatial axis; None: 2 on every axis
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         nd = x.ndim - 2
         b, spatial = x.shape[0], x.shape[1:-1]
-        y = nn.Dense(self.features * 2**nd, dtype=self.dtype)(x)
-        # [B, *S, 2, ..., 2, F] -> interleave each factor 2 after its spatial axis.
-        y = y.reshape(b, *spatial, *(2,) * nd, self.features)
+        factors = (2,) * nd if self.factors is None else tuple(int(f) for f in self.factors)
+        y = nn.Dense(self.features * int(np.prod(factors)), dtype=self.dtype)(x)
+        # [B, *S, f0, ..., f_n, F] -> interleave each factor after its spatial axis.
+        y = y.reshape(b, *spatial, *factors, self.features)
         perm = [0]
         for a in range(nd):
             perm += [1 + a, 1 + nd + a]
         perm.append(1 + 2 * nd)
         y = y.transpose(perm)
-        return y.reshape(b, *(2 * s for s in spatial), self.features)
+        return y.reshape(b, *(f * s for f, s in zip(factors, spatial, strict=True)), self.features)
 
 
 def _pairs(x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
@@ -475,3 +485,46 @@ def _max_pool2_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.
 
 
 max_pool2.defvjp(_max_pool2_fwd, _max_pool2_bwd)
+
+
+def _blocks(x: jax.Array, window: tuple[int, ...]) -> tuple[jax.Array, tuple[int, ...]]:
+    """``[B, *S, C]`` cropped to multiples of ``window`` and viewed as ``[B, s0, w0, ..., C]``."""
+    size = [d // w for d, w in zip(x.shape[1:-1], window, strict=True)]
+    x = x[(slice(None), *(slice(0, s * w) for s, w in zip(size, window, strict=True)))]
+    x = x.reshape(
+        x.shape[0],
+        *itertools.chain.from_iterable(zip(size, window, strict=True)),
+        x.shape[-1],
+    )
+    return x, tuple(2 + 2 * a for a in range(len(size)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
+    """Max pooling of ``[B, *spatial, C]`` with window = stride ``window[a]`` per spatial axis.
+
+    ``max_pool2`` with a factor per axis (1: that axis is not pooled), e.g. ``(1, 2, 2)`` for
+    thick slices; the same values as ``nn.max_pool(x, window, strides=window)`` (sizes that do
+    not divide: floor) and the same written-out gradient (ties share it; see ``max_pool2``).
+    """
+    blocks, axes = _blocks(x, tuple(window))
+    return blocks.max(axis=axes)
+
+
+def _max_pool_fwd(x: jax.Array, window: tuple[int, ...]):
+    y = max_pool(x, window)
+    return y, (x, y)
+
+
+def _max_pool_bwd(window: tuple[int, ...], res: tuple[jax.Array, jax.Array], g: jax.Array):
+    x, y = res
+    blocks, axes = _blocks(x, tuple(window))
+    hit = (blocks == jnp.expand_dims(y, axes)).astype(g.dtype)
+    share = hit / jnp.maximum(hit.sum(axis=axes, keepdims=True), 1.0)
+    kept = [w * (d // w) for d, w in zip(x.shape[1:-1], window, strict=True)]
+    grad = (share * jnp.expand_dims(g, axes)).reshape(x.shape[0], *kept, x.shape[-1])
+    pad = [(0, 0), *((0, d - k) for d, k in zip(x.shape[1:-1], kept, strict=True)), (0, 0)]
+    return (jnp.pad(grad, pad),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
