@@ -35,7 +35,7 @@ def _flax_basic_unet():
     import jax
     import jax.numpy as jnp
 
-    from medjax.models import layers
+    from medjax.models import layers, pooling
 
     class Convolution(nn.Module):
         """MONAI ``Convolution`` (conv 3 + bias -> InstanceNorm(affine) -> LeakyReLU 0.1)."""
@@ -91,7 +91,7 @@ def _flax_basic_unet():
             x0 = TwoConv(f[0], self.impl)(x, train)
             skips = [x0]
             for level in range(1, 5):
-                down = layers.max_pool2(skips[-1])
+                down = pooling.max_pool2(skips[-1])
                 skips.append(TwoConv(f[level], self.impl)(down, train))
             x = skips.pop()
             for level, out in zip((3, 2, 1, 0), (f[3], f[2], f[1], f[5]), strict=True):

@@ -127,11 +127,11 @@ def _conv_ms(impl: str, x: Any, k: Any, repeats: int) -> float:
     import jax
     import jax.numpy as jnp
 
-    from medjax.models import layers
+    from medjax.models import conv_impls
 
     nd = x.ndim - 2
     numbers = ("NHWC", "HWIO", "NHWC") if nd == 2 else ("NDHWC", "DHWIO", "NDHWC")
-    conv = layers.conv_general_dilated_fn(impl)
+    conv = conv_impls.conv_general_dilated_fn(impl)
 
     def loss(x, k):
         y = conv(x, k, (1,) * nd, "SAME", dimension_numbers=numbers)
@@ -147,7 +147,7 @@ def conv_rows(repeats: int = 5, layers_: Sequence = CONV_LAYERS) -> list[dict[st
     import jax.numpy as jnp
     import numpy as np
 
-    from medjax.models import layers
+    from medjax.models import conv_impls
 
     rows = []
     rng = np.random.default_rng(0)
@@ -169,7 +169,7 @@ def conv_rows(repeats: int = 5, layers_: Sequence = CONV_LAYERS) -> list[dict[st
                     "shape": list(shape),
                     "c_out": cout,
                     "impl": impl,
-                    "auto": layers.auto_conv_impl(nd),
+                    "auto": conv_impls.auto_conv_impl(nd),
                 }
             )
     return rows

@@ -159,14 +159,16 @@ def test_two_processes_train_like_one_and_resume_after_both_are_killed(reference
 
 
 def test_two_processes_evaluate_classification_like_one(tmp_path):
-    """A classification run (one step) evaluated on its test split by one process (8 devices,
-    in this process) and by two processes (2 devices each): the same metrics and per-case
-    probabilities, the padded last batch included (the runner gathers with ``to_host``)."""
+    """A classification run (one step) evaluated on its validation split (15 cases: two batches
+    of 8) by one process (8 devices, in this process) and by two processes (2 devices each): the
+    same metrics and per-case probabilities, the padded last batch included (the runner gathers
+    with ``to_host``)."""
     from medjax.testing import configs
     from medjax.train import loop
 
     config = configs.load_config("resnet", "tiny")
     config.train.epochs, config.train.steps_per_epoch = 1, 1
+    config.eval.split = "val"
     one = tmp_path / "one_process"
     loop.train_and_evaluate(config, str(one))
     ref = loop.evaluate(config, str(one))
@@ -176,6 +178,7 @@ def test_two_processes_evaluate_classification_like_one(tmp_path):
         "--config=configs/resnet.py:tiny",
         "--config.train.epochs=1",
         "--config.train.steps_per_epoch=1",
+        "--config.eval.split=val",
         "--mode=eval",
     ]
     _finish(_start_pair(str(two), args))

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from medjax import errors, registry
-from medjax.models import layers, segmentation
+from medjax.models import layers, pooling, segmentation
 
 
 class AttentionGate(nn.Module):
@@ -105,7 +105,7 @@ class AttentionUNet(nn.Module):
         skips = []
         for level, f in enumerate(self.features):
             if level > 0:
-                x = layers.max_pool2(x)
+                x = pooling.max_pool2(x)
             x = block(f, self.norm, self.residual, self.dtype, self.conv_impl, name=f"enc{level}")(
                 x, train
             )

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medjax import errors, registry
-from medjax.models import classifiers, layers
+from medjax.models import classifiers, conv_impls, pooling
 
 # The book's init: nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu").
 _KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -66,11 +66,11 @@ class LunaBlock(nn.Module):
                 bias_init=_book_bias(self.features * 3**nd),
                 # "auto", 3D on CPU: shifted views + one matmul (1.5x per LunaModel step on 2
                 # cores, benchmarks/RESULTS.md); XLA's convolution elsewhere. Same parameters.
-                conv_general_dilated=layers.conv_general_dilated_fn(self.conv_impl),
+                conv_general_dilated=conv_impls.conv_general_dilated_fn(self.conv_impl),
                 name=name,
             )(x)
             x = nn.relu(x)
-        return layers.max_pool2(x)  # nn.max_pool's values, a faster CPU gradient
+        return pooling.max_pool2(x)  # nn.max_pool's values, a faster CPU gradient
 
 
 class LunaModel(nn.Module):
@@ -144,7 +144,7 @@ def get_luna(
     Raises:
       ConfigError: an unknown ``conv_impl`` (the config's ``model.conv_impl``).
     """
-    layers.check_conv_impl(conv_impl, "model.conv_impl")
+    conv_impls.check_conv_impl(conv_impl, "model.conv_impl")
     return LunaModel(
         num_classes=num_classes,
         in_channels=in_channels,

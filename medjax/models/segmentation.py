@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from medjax import errors
-from medjax.models import layers
+from medjax.models import conv_impls, layers
 
 
 def check_input(x: jax.Array, divisor: int, model: str) -> None:
@@ -126,7 +126,7 @@ def build(
       ConfigError: an unknown norm or conv_impl, or ``features`` of the wrong length.
     """
     del in_channels
-    layers.check_conv_impl(conv_impl, "model.conv_impl")
+    conv_impls.check_conv_impl(conv_impl, "model.conv_impl")
     return module_cls(
         out_channels=num_classes,
         features=level_features(features, depth, max_features),

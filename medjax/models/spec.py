@@ -15,7 +15,7 @@ import flax.linen as nn
 import ml_collections
 
 from medjax import errors, registry
-from medjax.models import layers
+from medjax.models import conv_impls
 
 # Top-level model options, and the model.kwargs names that held them before (moved, not merged:
 # one place for each fact).
@@ -55,7 +55,7 @@ def factory_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
             f"model.kwargs.{key} is set; set model.{_MOVED[key]} instead (the options every "
             f"model shares live at the top of the model section)."
         )
-    layers.check_conv_impl(config.model.conv_impl, "model.conv_impl")
+    conv_impls.check_conv_impl(config.model.conv_impl, "model.conv_impl")
     kwargs.update(in_channels=in_channels(config), num_classes=num_classes(config))
     if deep_supervision(config):
         kwargs["deep_supervision"] = True

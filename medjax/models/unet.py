@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medjax import errors, registry
-from medjax.models import layers, segmentation
+from medjax.models import layers, pooling, segmentation
 
 
 class UNet(nn.Module):
@@ -93,7 +93,7 @@ class UNet(nn.Module):
             if level > 0:
                 # The uniform 2x pool keeps its own (measured) path; a per-axis one the general.
                 st = strides[level - 1]
-                x = layers.max_pool2(x) if st == (2,) * nd else layers.max_pool(x, st)
+                x = pooling.max_pool2(x) if st == (2,) * nd else pooling.max_pool(x, st)
             x = block(
                 f,
                 self.norm,

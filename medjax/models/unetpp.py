@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from medjax import registry
-from medjax.models import layers, segmentation
+from medjax.models import layers, pooling, segmentation
 
 
 class UNetPlusPlus(nn.Module):
@@ -76,7 +76,7 @@ class UNetPlusPlus(nn.Module):
         last = depth - 1
         nodes: dict[tuple[int, int], jax.Array] = {}
         for i, f in enumerate(self.features):
-            inp = x if i == 0 else layers.max_pool2(nodes[i - 1, 0])
+            inp = x if i == 0 else pooling.max_pool2(nodes[i - 1, 0])
             nodes[i, 0] = block(
                 f, self.norm, self.residual, self.dtype, self.conv_impl, name=f"x{i}_0"
             )(inp, train)

@@ -28,8 +28,15 @@ _BAD_KEY_CHARS = re.compile(r"[^\w\-. :/]")
 
 
 def metric_key(name: str) -> str:
-    """The MLflow key of a medjax scalar name (the same name where MLflow allows it)."""
-    return _BAD_KEY_CHARS.sub("_", name)
+    """The MLflow key of a medjax scalar name: the first ``/`` kept, later ones as ``.``, and
+    characters MLflow does not allow as ``_``.
+
+    MLflow's file store keeps a metric as a file at its key's path, so ``train/loss`` and
+    ``train/loss/dice`` (a compound loss's term) cannot both exist there; one level of folders
+    (``train/``, ``val/``, ``system/``) keeps every medjax name apart.
+    """
+    head, sep, tail = name.partition("/")
+    return _BAD_KEY_CHARS.sub("_", head + sep + tail.replace("/", "."))
 
 
 def tracking_uri(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -177,6 +177,9 @@ class Checkpointer:
             items["data"] = ocp.args.JsonSave(data_state)
         clean = {k: float(v) for k, v in (metrics or {}).items()} or None
         self._saving = os.path.join(self.directory, str(step))
+        # A resumed run saves again the step numbers of the damaged checkpoints it moved aside:
+        # from now on the step is the new save, no longer hidden from orbax.
+        self.damaged.pop(step, None)
         try:
             self._manager.save(step, args=ocp.args.Composite(**items), metrics=clean)
         except Exception as e:

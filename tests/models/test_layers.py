@@ -11,7 +11,7 @@ import pytest
 from jax import lax
 
 from medjax import errors
-from medjax.models import layers
+from medjax.models import conv_impls, layers, pooling
 from medjax.testing import jaxprs
 
 
@@ -92,7 +92,7 @@ def test_formulation_equals_float64_reference_and_xla(impl, shape, ksize, stride
     k = rng.standard_normal((*ksize, shape[-1], 4)).astype(np.float32)
     nd = len(ksize)
     numbers = ("NHWC", "HWIO", "NHWC") if nd == 2 else ("NDHWC", "DHWIO", "NDHWC")
-    conv = layers.conv_general_dilated_fn(impl)
+    conv = conv_impls.conv_general_dilated_fn(impl)
     ours = conv(x, k, strides, padding, dimension_numbers=numbers)
     xla = lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=numbers)
     if padding == "SAME":
@@ -114,7 +114,7 @@ def test_unsupported_configuration_falls_back_to_lax():
     k = rng.standard_normal((3, 3, 2, 3)).astype(np.float32)
     numbers = ("NHWC", "HWIO", "NHWC")
     kw = dict(rhs_dilation=(2, 2), dimension_numbers=numbers)
-    ours = layers.im2col_conv_general_dilated(x, k, (1, 1), "SAME", **kw)
+    ours = conv_impls.im2col_conv_general_dilated(x, k, (1, 1), "SAME", **kw)
     ref = lax.conv_general_dilated(x, k, (1, 1), "SAME", **kw)
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
     # Manual check of one output voxel of the dilated map, away from the border.
@@ -144,7 +144,7 @@ def test_conv_impls_equal_nn_conv_values_and_gradients(nd):
         variables["params"],
         x,
     )
-    for impl in layers.CONV_IMPLS:
+    for impl in conv_impls.CONV_IMPLS:
         mod = layers.conv(5, 3, nd, impl=impl)
         mine = jax.jit(mod.init)(jax.random.key(1), x)
         # Same parameter names, shapes and initial values as nn.Conv: checkpoints are shared.
@@ -180,12 +180,12 @@ def test_conv_norm_act_impls_share_parameters_and_outputs(nd):
 
 
 def test_auto_picks_depth2d_for_3d_on_cpu_only():
-    assert layers.auto_conv_impl(3, "cpu") == "depth2d"
-    assert layers.auto_conv_impl(3, "cpu", spatial=(4, 16, 16)) == "depth2d"
-    assert layers.auto_conv_impl(3, "cpu", spatial=(32, 8, 8)) == "im2col"  # tiny plane
-    assert layers.auto_conv_impl(2, "cpu") == "xla"
-    assert layers.auto_conv_impl(3, "gpu") == "xla"
-    assert layers.auto_conv_impl(3, "tpu", spatial=(4, 4, 4)) == "xla"
+    assert conv_impls.auto_conv_impl(3, "cpu") == "depth2d"
+    assert conv_impls.auto_conv_impl(3, "cpu", spatial=(4, 16, 16)) == "depth2d"
+    assert conv_impls.auto_conv_impl(3, "cpu", spatial=(32, 8, 8)) == "im2col"  # tiny plane
+    assert conv_impls.auto_conv_impl(2, "cpu") == "xla"
+    assert conv_impls.auto_conv_impl(3, "gpu") == "xla"
+    assert conv_impls.auto_conv_impl(3, "tpu", spatial=(4, 4, 4)) == "xla"
     assert jax.default_backend() == "cpu"  # conftest pins the CPU backend
     # Decided at trace time from the static shape: depth2d traces a 2D convolution (rank-4
     # input), im2col none, and 2D inputs keep XLA's convolution.
@@ -210,7 +210,7 @@ def test_bfloat16_follows_nn_conv_dtype_rules():
 
 def test_unknown_impl_is_a_config_error():
     with pytest.raises(errors.ConfigError, match="im2col"):
-        layers.conv_general_dilated_fn("winograd")
+        conv_impls.conv_general_dilated_fn("winograd")
     with pytest.raises(errors.ConfigError, match="winograd"):
         layers.ConvNormAct(4, impl="winograd").init(
             jax.random.key(0), jnp.zeros((1, 4, 4, 1)), train=False
@@ -262,15 +262,15 @@ def test_max_pool2_equals_numpy_and_nn_max_pool(shape):
     for offset in itertools.product(range(2), repeat=nd):
         view = xs[(slice(None), *(slice(o, 2 * h, 2) for o, h in zip(offset, half, strict=True)))]
         want = np.maximum(want, view)
-    np.testing.assert_array_equal(layers.max_pool2(x), want.astype(np.float32))
-    np.testing.assert_array_equal(layers.max_pool2(x), nn.max_pool(x, (2,) * nd, (2,) * nd))
+    np.testing.assert_array_equal(pooling.max_pool2(x), want.astype(np.float32))
+    np.testing.assert_array_equal(pooling.max_pool2(x), nn.max_pool(x, (2,) * nd, (2,) * nd))
     # No ties in random data: the same gradient as XLA's windowed max.
-    g = jax.grad(lambda v: jnp.sum(jnp.sin(layers.max_pool2(v))))(x)
+    g = jax.grad(lambda v: jnp.sum(jnp.sin(pooling.max_pool2(v))))(x)
     g_ref = jax.grad(lambda v: jnp.sum(jnp.sin(nn.max_pool(v, (2,) * nd, (2,) * nd))))(x)
     np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-7)
 
 
 def test_max_pool2_splits_the_gradient_of_a_tie():
     x = jnp.array([[1.0, 3.0], [3.0, 2.0]]).reshape(1, 2, 2, 1)
-    g = jax.grad(lambda v: layers.max_pool2(v).sum())(x)
+    g = jax.grad(lambda v: pooling.max_pool2(v).sum())(x)
     np.testing.assert_array_equal(g.reshape(2, 2), [[0.0, 0.5], [0.5, 0.0]])

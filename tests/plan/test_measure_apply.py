@@ -122,7 +122,7 @@ def test_explicit_uniform_strides_equal_the_default_unet_and_max_pool_matches_nu
         jax.jit(default.apply)(params, x), jax.jit(explicit.apply)(params, x)
     )
     # Per-axis window (1, 2, 3) on odd sizes: floor, against a float64 loop.
-    from medjax.models import layers
+    from medjax.models import pooling
 
     v = np.random.default_rng(2).normal(size=(2, 3, 5, 7, 2))
     ref = np.zeros((2, 3, 2, 2, 2))
@@ -130,5 +130,5 @@ def test_explicit_uniform_strides_equal_the_default_unet_and_max_pool_matches_nu
         for j in range(2):
             for k in range(2):
                 ref[:, i, j, k] = v[:, i, 2 * j : 2 * j + 2, 3 * k : 3 * k + 3].max(axis=(1, 2))
-    got = layers.max_pool(jnp.asarray(v, jnp.float32), (1, 2, 3))
+    got = pooling.max_pool(jnp.asarray(v, jnp.float32), (1, 2, 3))
     np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=1e-6)

@@ -21,7 +21,9 @@ def test_mlflow_uri_precedence(tmp_path, monkeypatch):
 
 def test_metric_keys_keep_allowed_characters_only():
     assert mlflow_backend.metric_key("val/dice_class-1.x") == "val/dice_class-1.x"
-    assert mlflow_backend.metric_key("val/froc/sens@0.125") == "val/froc/sens_0.125"
+    assert mlflow_backend.metric_key("val/froc/sens@0.125") == "val/froc.sens_0.125"
+    # A name and its sub-names both fit MLflow's file store (one folder level only).
+    assert mlflow_backend.metric_key("train/loss/dice") == "train/loss.dice"
     assert mlflow_backend.metric_key("val/samples (a | b)") == "val/samples _a _ b_"
 
 
