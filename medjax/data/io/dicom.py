@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pydicom
@@ -29,17 +28,9 @@ import pydicom.pixels
 from absl import logging
 
 from medjax import errors
+from medjax.data.io import dicom_frames
 from medjax.data.io import volume as volume_lib
 
-# Orientation cosines of one series may differ by rounding only; 1e-3 is ~0.06 degrees, i.e.
-# ~0.3 mm at the edge of a 300 mm field of view.
-_ORIENTATION_ATOL = 1e-3
-# Slices closer than this along the normal are the same slice written twice.
-_DUPLICATE_MM = 0.01
-# Floor of every position tolerance: IPP strings are often rounded to 0.01 mm.
-_POSITION_ATOL_MM = 0.02
-# A step this many times the median step means slices are missing.
-_GAP_FACTOR = 1.5
 # Element values longer than this are not read by the header scan: pydicom records where they
 # are and reads them when first used (``defer_size``). The scan's datasets then serve the pixel
 # read too (one parse per file), and only the slice being decoded has its pixel bytes in memory.
@@ -63,25 +54,6 @@ class SeriesScan:
     series: dict[str, list[str]]
     skipped: dict[str, str]
     corrupt: list[str]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Frame:
-    """One 2D image: a classic single-frame file, or one frame of a multi-frame file."""
-
-    path: str
-    index: int | None  # frame index inside a multi-frame file; None for a single-frame file
-    position: np.ndarray  # float64[3] IPP, LPS mm
-    orientation: np.ndarray  # float64[6] IOP
-    pixel_spacing: tuple[float, float]  # (row step, column step) mm
-    shape: tuple[int, int]  # (Rows, Columns)
-    slope: float
-    intercept: float
-    has_rescale: bool
-
-    @property
-    def name(self) -> str:
-        return self.path if self.index is None else f"{self.path} [frame {self.index}]"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,161 +142,6 @@ def find_series(root: str) -> dict[str, list[str]]:
       DataError: ``root`` is not a folder.
     """
     return scan_series(root).series
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-frame geometry from headers
-# ---------------------------------------------------------------------------------------------
-
-
-def _group_value(ds: pydicom.Dataset, frame: int | None, sequence: str, keyword: str) -> Any:
-    """A functional-group attribute: per-frame group, then shared group, then top level."""
-    groups = []
-    if frame is not None and "PerFrameFunctionalGroupsSequence" in ds:
-        groups.append(ds.PerFrameFunctionalGroupsSequence[frame])
-    if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
-        groups.append(ds.SharedFunctionalGroupsSequence[0])
-    for group in groups:
-        items = group.get(sequence)
-        if items and keyword in items[0]:
-            return items[0].get(keyword)
-    return ds.get(keyword)
-
-
-def _frames_of(path: str, ds: pydicom.Dataset) -> list[_Frame]:
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise errors.DataError(
-            f"{path}: {ds.get('PhotometricInterpretation')} with {ds.SamplesPerPixel} samples "
-            "per pixel; the volume reader takes grayscale images only."
-        )
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    multi = n_frames > 1 or "PerFrameFunctionalGroupsSequence" in ds
-    frames = []
-    for index in range(n_frames) if multi else [None]:
-
-        def value(sequence: str, keyword: str, index: int | None = index) -> Any:
-            return _group_value(ds, index, sequence, keyword)
-
-        ipp = value("PlanePositionSequence", "ImagePositionPatient")
-        iop = value("PlaneOrientationSequence", "ImageOrientationPatient")
-        spacing = value("PixelMeasuresSequence", "PixelSpacing")
-        where = path if index is None else f"{path} [frame {index}]"
-        for keyword, found, length in [
-            ("ImagePositionPatient", ipp, 3),
-            ("ImageOrientationPatient", iop, 6),
-            ("PixelSpacing", spacing, 2),
-        ]:
-            if found is None or len(found) != length:
-                raise errors.DataError(
-                    f"{where}: {keyword} is missing or malformed ({found!r}); without it the "
-                    "slice cannot be placed in the patient."
-                )
-        slope = value("PixelValueTransformationSequence", "RescaleSlope")
-        intercept = value("PixelValueTransformationSequence", "RescaleIntercept")
-        frames.append(
-            _Frame(
-                path=path,
-                index=index,
-                position=np.array([float(v) for v in ipp]),
-                orientation=np.array([float(v) for v in iop]),
-                pixel_spacing=(float(spacing[0]), float(spacing[1])),
-                shape=(int(ds.Rows), int(ds.Columns)),
-                slope=1.0 if slope is None else float(slope),
-                intercept=0.0 if intercept is None else float(intercept),
-                has_rescale=slope is not None or intercept is not None,
-            )
-        )
-    return frames
-
-
-def _axes(orientation: np.ndarray, label: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unit (row cosine, column cosine, normal) from an IOP; refuses degenerate ones."""
-    row, col = orientation[:3], orientation[3:]
-    norms = np.linalg.norm(row), np.linalg.norm(col)
-    if min(norms) < 0.5 or abs(float(row @ col)) > 10 * _ORIENTATION_ATOL * norms[0] * norms[1]:
-        raise errors.DataError(
-            f"{label}: ImageOrientationPatient {orientation.tolist()} is not two orthogonal "
-            "unit vectors."
-        )
-    row, col = row / norms[0], col / norms[1]
-    normal = np.cross(row, col)
-    return row, col, normal / np.linalg.norm(normal)
-
-
-def _check_uniform(frames: list[_Frame], label: str) -> None:
-    """Refuses a series mixing orientations, image sizes or pixel spacings."""
-    first = frames[0]
-    for attr, what in [("shape", "Rows/Columns"), ("pixel_spacing", "PixelSpacing")]:
-        values: dict[tuple, list[str]] = {}
-        for f in frames:
-            values.setdefault(tuple(np.round(getattr(f, attr), 4)), []).append(f.name)
-        if len(values) > 1:
-            listing = "; ".join(f"{v}: {len(n)} image(s), e.g. {n[0]}" for v, n in values.items())
-            raise errors.DataError(f"{label}: mixed {what} in one series ({listing}).")
-    odd = [f for f in frames if np.abs(f.orientation - first.orientation).max() > _ORIENTATION_ATOL]
-    if odd:
-        distinct = {tuple(np.round(f.orientation, 3)) for f in frames}
-        raise errors.DataError(
-            f"{label}: {len(distinct)} different ImageOrientationPatient values in one series "
-            f"(e.g. {first.name}: {np.round(first.orientation, 4).tolist()} vs {odd[0].name}: "
-            f"{np.round(odd[0].orientation, 4).tolist()}); non-parallel slices (localizers, "
-            "radial planes) cannot be stacked into one volume. Select the images of one "
-            "orientation and read them as their own series."
-        )
-
-
-def _sort_and_measure(
-    frames: list[_Frame], normal: np.ndarray, label: str, spacing_rtol: float
-) -> tuple[list[_Frame], float]:
-    """Sorts frames along ``normal`` and returns them with the slice step (mm).
-
-    Raises DataError for duplicate positions, missing slices, uneven steps and positions that do
-    not lie on one line along the normal (e.g. gantry tilt).
-    """
-    proj = np.array([f.position @ normal for f in frames])
-    order = np.argsort(proj, kind="stable")
-    frames = [frames[i] for i in order]
-    proj = proj[order]
-    steps = np.diff(proj)
-    for k in np.flatnonzero(steps < _DUPLICATE_MM):
-        raise errors.DataError(
-            f"{label}: duplicate slice position {proj[k]:.4f} mm along the normal in "
-            f"{frames[k].name} and {frames[k + 1].name} (a repeated file, or several "
-            "acquisitions/time points in one series; pick one)."
-        )
-    median = float(np.median(steps))
-    for k in np.flatnonzero(steps > _GAP_FACTOR * median):
-        raise errors.DataError(
-            f"{label}: missing slice(s) between positions {proj[k]:.4f} and {proj[k + 1]:.4f} mm "
-            f"along the normal (IPP {frames[k].position.tolist()} in {frames[k].name} and "
-            f"{frames[k + 1].position.tolist()} in {frames[k + 1].name}): step "
-            f"{steps[k]:.4f} mm vs median {median:.4f} mm, about "
-            f"{round(steps[k] / median) - 1} slice(s) missing."
-        )
-    # A least-squares-free estimate: the first-to-last distance spreads rounding over all steps.
-    step = float((proj[-1] - proj[0]) / (len(proj) - 1))
-    residual = np.abs(proj - (proj[0] + step * np.arange(len(proj))))
-    tol = max(spacing_rtol * step, _POSITION_ATOL_MM)
-    if residual.max() > tol:
-        k = int(residual.argmax())
-        raise errors.DataError(
-            f"{label}: uneven slice spacing: {frames[k].name} lies {residual[k]:.4f} mm off the "
-            f"regular grid of step {step:.4f} mm (tolerance {tol:.4f} mm; steps range "
-            f"{steps.min():.4f}..{steps.max():.4f} mm). Raise spacing_rtol to accept it."
-        )
-    # Positions must move along the normal only; an in-plane drift (gantry tilt) makes the stack
-    # a sheared grid that a direction matrix cannot describe.
-    offsets = np.stack([f.position for f in frames]) - frames[0].position
-    in_plane = np.linalg.norm(offsets - np.outer(offsets @ normal, normal), axis=1)
-    tol = max(spacing_rtol * min(frames[0].pixel_spacing), _POSITION_ATOL_MM)
-    if in_plane.max() > tol:
-        k = int(in_plane.argmax())
-        raise errors.DataError(
-            f"{label}: slice positions do not lie along the slice normal: {frames[k].name} is "
-            f"shifted {in_plane[k]:.4f} mm in-plane from {frames[0].name} (gantry tilt or a "
-            f"sheared acquisition; tolerance {tol:.4f} mm). Resample it before use."
-        )
-    return frames, step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,25 +293,27 @@ def _stack(
 ) -> volume_lib.Volume:
     """Geometry checks, sorting, decoding and rescaling of one series' header datasets."""
     dataset_by_path = {p: ds for p, ds, _ in members}
-    frames = [frame for p, ds, _ in members for frame in _frames_of(p, ds)]
-    _check_uniform(frames, label)
-    row, col, normal = _axes(frames[0].orientation, label)
+    frames = [frame for p, ds, _ in members for frame in dicom_frames.frames_of(p, ds)]
+    dicom_frames.check_uniform(frames, label)
+    row, col, normal = dicom_frames.axes(frames[0].orientation, label)
     first_ds = members[0][1]
     if len(frames) > 1:
-        frames, step = _sort_and_measure(frames, normal, label, spacing_rtol)
+        frames, step = dicom_frames.sort_and_measure(frames, normal, label, spacing_rtol)
         step_source = "positions"
     else:
         # One slice has no neighbour to measure from; the tags are the only source left.
         step, step_source = 1.0, "default_1mm"
         for keyword in ("SpacingBetweenSlices", "SliceThickness"):
-            found = _group_value(first_ds, frames[0].index, "PixelMeasuresSequence", keyword)
+            found = dicom_frames.group_value(
+                first_ds, frames[0].index, "PixelMeasuresSequence", keyword
+            )
             if found is not None and float(found) > 0:
                 step, step_source = float(found), keyword
                 break
 
     # Decode each file once, from its scanned dataset, and write its frames straight into their
     # sorted places: only one file's pixels exist at a time besides the output volume.
-    places: dict[str, list[tuple[int, _Frame]]] = {}
+    places: dict[str, list[tuple[int, dicom_frames.Frame]]] = {}
     for k, f in enumerate(frames):
         places.setdefault(f.path, []).append((k, f))
     array = np.empty((len(frames), *frames[0].shape), np.float32)
@@ -512,7 +331,7 @@ def _stack(
             array[k] = pixels.astype(np.float64) * f.slope + f.intercept
         del stored
 
-    rescale_type = _group_value(
+    rescale_type = dicom_frames.group_value(
         first_ds, frames[0].index, "PixelValueTransformationSequence", "RescaleType"
     )
     meta = {

@@ -27,7 +27,7 @@ from absl import logging
 import medjax
 from medjax import errors
 from medjax.data import case_ids
-from medjax.data.io import dicom
+from medjax.data.io import dicom, dicom_frames
 from medjax.data.io import volume as volume_lib
 
 INSTALL_HINT = "pip install 'medjax[dicom_seg]'"
@@ -115,17 +115,17 @@ def _read_headers(files: Sequence[str]) -> dict[str, pydicom.Dataset]:
 def _sorted_frames(headers: Mapping[str, pydicom.Dataset], label: str) -> tuple[list, float]:
     """The source frames in the reader's order (along the slice normal) and the slice step."""
     # The reader's own helpers: the SEG must place label[k] exactly where read_volume put it.
-    frames = [f for path, ds in headers.items() for f in dicom._frames_of(path, ds)]
-    dicom._check_uniform(frames, label)
-    _, _, normal = dicom._axes(frames[0].orientation, label)
+    frames = [f for path, ds in headers.items() for f in dicom_frames.frames_of(path, ds)]
+    dicom_frames.check_uniform(frames, label)
+    _, _, normal = dicom_frames.axes(frames[0].orientation, label)
     if len(frames) == 1:
         return frames, 0.0
-    return dicom._sort_and_measure(frames, normal, label, spacing_rtol=0.05)
+    return dicom_frames.sort_and_measure(frames, normal, label, spacing_rtol=0.05)
 
 
 def _check_grid(vol: volume_lib.Volume, frames: list, step: float, label: str) -> None:
     """Refuses a label ``Volume`` whose geometry is not the series' grid (another series)."""
-    row, col, normal = dicom._axes(frames[0].orientation, label)
+    row, col, normal = dicom_frames.axes(frames[0].orientation, label)
     expected_dir = np.stack([normal, col, row], axis=1)
     if vol.ndim_spatial != 3 or not np.allclose(vol.direction, expected_dir, atol=_DIRECTION_ATOL):
         raise errors.DataError(
