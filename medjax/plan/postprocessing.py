@@ -298,6 +298,8 @@ class PostprocessedEvaluation:
         self.inputs = inner.inputs
 
     def __getattr__(self, name: str) -> Any:  # e.g. ``source``, read by the runner's progress
+        if name == "inner":  # not set yet (copy/pickle): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def accumulate(self, out: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> None:
@@ -366,6 +368,8 @@ class _PostprocessedTask:
         self._task, self._choice, self._num_classes = task, choice, num_classes
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_task":
+            raise AttributeError(name)
         return getattr(self._task, name)
 
     def evaluation(self, split: str, *, keep_predictions: bool = False) -> PostprocessedEvaluation:
