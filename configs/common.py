@@ -186,6 +186,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Where sliding-window predictions are blended: "auto" (on the device when the volume and
     # accumulators fit a quarter of its memory, else on the host), "device" or "host".
     c.eval.blend = "auto"
+    # Apply the run's post-processing (<workdir>/postprocessing.json from
+    # --mode=choose_postprocessing; a fold_<k> run: its cross-validation's) when there is one:
+    # metrics and written predictions are then of the post-processed masks (metrics.json says
+    # "postprocessed": true). False: the network's raw predictions.
+    c.eval.postprocess = True
 
     c.ckpt = ml_collections.ConfigDict()
     c.ckpt.monitor = "val/dice"
@@ -228,8 +233,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.predict.write_dicom_seg = True  # DICOM input: also <case>.seg.dcm (needs highdicom)
     # Connected-component clean-up on the original grid: keep_largest lists label values that
     # keep only their largest component; smaller components than either minimum are removed
-    # (every foreground label).
+    # (every foreground label). Any of these set: they replace the run's own choice.
     c.predict.postprocess = ml_collections.ConfigDict()
+    # None of the three set: apply the run's postprocessing.json (chosen on validation by
+    # --mode=choose_postprocessing; a bundle carries it; a fold ensemble uses the
+    # cross-validation's) when there is one. False: no post-processing unless set above.
+    c.predict.postprocess.auto = True
     c.predict.postprocess.keep_largest = ()
     c.predict.postprocess.min_size_voxels = 0
     c.predict.postprocess.min_size_ml = 0.0

@@ -157,7 +157,10 @@ def _main(argv: list[str]) -> None:
             if FLAGS.workdir is None:
                 raise errors.ConfigError("--mode=export needs --workdir=<trained run>.")
             out = config.predict.bundle or os.path.join(FLAGS.workdir or "", "bundle")
-            print(bundle.export_bundle(FLAGS.workdir, out, checkpoint=config.predict.checkpoint))
+            out = bundle.export_bundle(FLAGS.workdir, out, checkpoint=config.predict.checkpoint)
+            if config.log.mlflow:  # the training run's MLflow run gets the bundle as its model
+                bundle.log_model(FLAGS.workdir, out, config)
+            print(out)
         elif FLAGS.mode == "cv_summary":
             crossval.summarize(workdir, config.data.val_split)
         elif FLAGS.mode == "choose_postprocessing":

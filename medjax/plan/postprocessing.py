@@ -2,7 +2,10 @@
 component or remove components below a size, only where that raises the validation Dice.
 
 The choice is stored with the run as ``<workdir>/postprocessing.json`` and applied to label
-maps by ``apply`` (eval and predict read it with ``load``). Format (version 1)::
+maps by ``apply``: ``--mode=eval`` scores the post-processed predictions (``evaluation_task``,
+``eval.postprocess``), ``--mode=predict`` and exported bundles apply it on the input's grid
+(``predict.postprocess.auto``). ``find`` says which file applies to a workdir: its own, else,
+for a fold of a cross-validation (``<cv>/fold_<k>``), the cross-validation's. Format (version 1)::
 
     {"version": 1, "metric": "dice", "connectivity": "face", "num_cases": 12,
      "classes": {"1": {"keep_largest": false, "min_size_voxels": 40,
@@ -23,11 +26,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 from scipy import ndimage
 
 from medjax import distributed, errors
@@ -180,6 +185,71 @@ def load(workdir: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
+def find(workdir: str) -> str | None:
+    """The ``postprocessing.json`` that applies to ``workdir``: its own, else (for
+    ``<cv>/fold_<k>``) the cross-validation folder's, chosen on every fold's predictions; None
+    when there is none."""
+    workdir = os.path.abspath(workdir)
+    candidates = [workdir]
+    if re.fullmatch(r"fold_\d+", os.path.basename(workdir)):
+        candidates.append(os.path.dirname(workdir))
+    for directory in candidates:
+        if os.path.isfile(os.path.join(directory, FILE)):
+            return os.path.join(directory, FILE)
+    return None
+
+
+def for_eval(config: Any, workdir: str) -> tuple[str, dict[str, Any]] | None:
+    """``(path, choice)`` that ``--mode=eval`` applies to ``workdir``'s predictions, or None:
+    ``eval.postprocess=False``, a task other than segmentation, region labels (overlapping
+    sigmoid regions are no label map to clean), or no file (``find``).
+    """
+    if not config.eval.postprocess or config.task != "segmentation":
+        return None
+    path = find(workdir)
+    if path is None:
+        return None
+    if config.data.get("regions"):
+        logging.warning(
+            "%s not applied: data.regions (overlapping regions) are no label map.", path
+        )
+        return None
+    return path, load_path(path)
+
+
+def load_path(path: str) -> dict[str, Any]:
+    """A ``postprocessing.json`` document, checked (version 1, a ``classes`` mapping).
+
+    Raises:
+      DataError: the file is not a version-1 post-processing choice (names the file).
+    """
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise errors.DataError(f"{path}: unreadable ({e}); delete it or choose again.") from e
+    if not isinstance(doc, dict) or doc.get("version") != 1 or "classes" not in doc:
+        raise errors.DataError(
+            f"{path}: not a version-1 post-processing choice (--mode=choose_postprocessing "
+            "writes one); delete it or choose again."
+        )
+    return doc
+
+
+def summary(doc: Mapping[str, Any]) -> str:
+    """``"class 1: keep largest; class 2: remove < 40 voxels"`` (``"none"`` without options)."""
+    parts = []
+    for key, o in (doc.get("classes") or {}).items():
+        what = []
+        if o.get("keep_largest"):
+            what.append("keep largest")
+        if o.get("min_size_voxels"):
+            what.append(f"remove < {int(o['min_size_voxels'])} voxels")
+        if what:
+            parts.append(f"class {key}: " + " + ".join(what))
+    return "; ".join(parts) or "none"
+
+
 def describe(doc: Mapping[str, Any]) -> str:
     """One line per class: the option taken and the validation Dice before and after."""
     lines = [f"medjax: post-processing chosen on {doc['num_cases']} validation case(s)"]
@@ -201,3 +271,113 @@ def print_choice(doc: Mapping[str, Any]) -> None:
     """``describe`` on stderr, process 0 only (CLI progress, not library logging)."""
     if distributed.is_main():
         print(describe(doc), file=sys.stderr)
+
+
+# --- evaluation on post-processed predictions ---------------------------------------------------
+
+
+class PostprocessedEvaluation:
+    """A segmentation ``tasks.base.Evaluation`` whose scoring sees post-processed label maps.
+
+    Each case's predicted label map goes through ``apply(., choice)`` before the task's own
+    accumulator sees it, so every metric, per-case row and kept prediction is of the
+    post-processed maps (the loss stays the network's). Whole-image batches: ``out["pred"]
+    [B, *S]`` is replaced and the confusion counts ``tp/fp/fn/tn [B, K']`` are recounted from
+    it (as ``metrics.confusion.per_example_counts`` counts them). Sliding windows: the logits
+    ``[1, *S, K]`` of the removed voxels are changed so that they label background (logit -1
+    for K == 1, class 0 one above the others' maximum for K > 1; docs/CONVENTIONS.md's rule).
+
+    Args:
+      inner: the task's evaluation of the split.
+      choice: the ``postprocessing.json`` document (class keys are class indices).
+      num_classes: ``K`` of the model.
+    """
+
+    def __init__(self, inner: Any, choice: Mapping[str, Any], num_classes: int):
+        self.inner, self.choice, self.num_classes = inner, choice, int(num_classes)
+        self.inputs = inner.inputs
+
+    def __getattr__(self, name: str) -> Any:  # e.g. ``source``, read by the runner's progress
+        if name == "inner":  # not set yet (copy/pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def accumulate(self, out: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> None:
+        """Post-processes the batch's predictions, then lets the task score them."""
+        if "pred" in out:
+            out = self._batch(out, batch)
+        elif "logits" in out:
+            out = self._window(out)
+        self.inner.accumulate(out, batch)
+
+    def finalize(self) -> Any:
+        """The task's ``EvalResult`` of the post-processed predictions."""
+        return self.inner.finalize()
+
+    def _batch(self, out: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> dict:
+        pred = np.array(out["pred"], copy=True)
+        valid = np.asarray(batch["valid"], bool)
+        for row in np.flatnonzero(valid):
+            pred[row] = apply(pred[row], self.choice)
+        out = dict(out, pred=pred)
+        if "tp" in out and "label" in batch:
+            out.update(_counts(pred, np.asarray(batch["label"]), valid, self.num_classes))
+        return out
+
+    def _window(self, out: dict[str, np.ndarray]) -> dict:
+        logits = np.asarray(out["logits"])
+        case = logits[0]
+        labels = (case[..., 0] > 0) if case.shape[-1] == 1 else np.argmax(case, axis=-1)
+        labels = labels.astype(np.uint8)
+        removed = (labels != 0) & (apply(labels, self.choice) == 0)
+        if not removed.any():
+            return out
+        case = np.array(case, copy=True)
+        if case.shape[-1] == 1:
+            case[removed, 0] = -1.0
+        else:
+            case[removed, 0] = case[removed].max(axis=-1) + 1.0
+        return dict(out, logits=case[None])
+
+
+def _counts(
+    pred: np.ndarray, label: np.ndarray, valid: np.ndarray, num_classes: int
+) -> dict[str, np.ndarray]:
+    """Per-example confusion counts ``float64[B, K']`` of label maps ``[B, *S]`` (``K' = 1``
+    for K == 1: any non-zero label is foreground; else the classes 1..K-1), rows not ``valid``
+    zero."""
+    if num_classes == 1:
+        p, r = (pred != 0)[..., None], (label != 0)[..., None]
+    else:
+        classes = np.arange(1, num_classes)
+        p, r = pred[..., None] == classes, label[..., None] == classes
+    keep = valid.reshape((-1,) + (1,) * (pred.ndim))
+    axes = tuple(range(1, pred.ndim))
+
+    def count(condition: np.ndarray) -> np.ndarray:
+        return np.sum(condition & keep, axis=axes, dtype=np.int64).astype(np.float64)
+
+    return {"tp": count(p & r), "fp": count(p & ~r), "fn": count(~p & r), "tn": count(~p & ~r)}
+
+
+class _PostprocessedTask:
+    """A task whose ``evaluation`` is wrapped in ``PostprocessedEvaluation``; everything else
+    is the task's own."""
+
+    def __init__(self, task: Any, choice: Mapping[str, Any], num_classes: int):
+        self._task, self._choice, self._num_classes = task, choice, num_classes
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_task":
+            raise AttributeError(name)
+        return getattr(self._task, name)
+
+    def evaluation(self, split: str, *, keep_predictions: bool = False) -> PostprocessedEvaluation:
+        inner = self._task.evaluation(split, keep_predictions=keep_predictions)
+        return PostprocessedEvaluation(inner, self._choice, self._num_classes)
+
+
+def evaluation_task(task: Any, choice: Mapping[str, Any], num_classes: int) -> Any:
+    """``task`` (a segmentation task) evaluated on post-processed predictions, for
+    ``evaluate.runner.evaluate`` (see ``PostprocessedEvaluation``)."""
+    return _PostprocessedTask(task, choice, num_classes)

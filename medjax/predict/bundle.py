@@ -11,10 +11,14 @@ Layout of a bundle::
     labels.json       label values and names
     metadata.json     medjax / jax versions, platforms, the run's config, its checkpoint step and
                       that checkpoint's validation metrics
+    postprocessing.json  the run's post-processing chosen on validation, when it has one
+                      (``medjax.plan.postprocessing``); predicting from the bundle applies it
+                      as predicting from the workdir does (``predict.postprocess.auto``)
 
 ``load_bundle(path)`` needs none of the config file, the store or the model code: it
 deserialises the function, loads the weights and predicts through the same per-case path as a
-workdir (``segment.predict_case``).
+workdir (``segment.predict_case``). ``log_model`` logs a bundle as the training run's MLflow
+model (``--mode=export`` with ``log.mlflow=True``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from flax import traverse_util
 
 import medjax
 from medjax import errors
+from medjax.plan import postprocessing
 from medjax.predict import model as model_lib
 
 FUNCTION_FILE = "model.jaxexport"
@@ -95,6 +100,7 @@ def export_bundle(
     flat = traverse_util.flatten_dict(jax.device_get(member.variables), sep="/")
     np.savez(os.path.join(tmp, WEIGHTS_FILE), **{k: np.asarray(v) for k, v in flat.items()})
     plan = member.plan
+    post = postprocessing.find(member.workdir)
     files = {
         "plan.json": plan,
         "labels.json": {"label_values": plan["label_values"], "label_names": plan["label_names"]},
@@ -108,8 +114,11 @@ def export_bundle(
             "step": member.step,
             "metrics": {k: float(v) for k, v in metrics.items()},
             "config": json.loads(member.config.to_json_best_effort()),
+            "postprocessing": post,
         },
     }
+    if post is not None:
+        files[postprocessing.FILE] = postprocessing.load_path(post)
     for name, obj in files.items():
         with open(os.path.join(tmp, name), "w") as f:
             json.dump(obj, f, indent=1)
@@ -198,3 +207,34 @@ def metadata_summary(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """The bundle's versions, platforms and step (without the full config)."""
     keys = ("medjax_version", "jax_version", "platforms", "step")
     return {k: metadata[k] for k in keys if k in metadata}
+
+
+def example_shapes(plan: Mapping[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """One example's input and output shapes of the exported function: ``(*patch, C)`` and
+    ``(*patch, K)`` for segmentation, ``(K,)`` for classification and LUNA runs."""
+    k = int(plan["num_classes"])
+    patch = tuple(int(p) for p in plan["patch_size"])
+    out = (*patch, k) if plan["task"] == "segmentation" else (k,)
+    return (*patch, int(plan["channels"])), out
+
+
+def log_model(workdir: str, bundle_dir: str, config: ml_collections.ConfigDict) -> None:
+    """Logs the bundle as the MLflow model of ``workdir``'s training run (``log.mlflow=True``).
+
+    The run is the one in ``<workdir>/tracking.json`` when its tracking URI is this config's
+    (``medjax.tracking.mlflow_backend``), else a new one; the model is a pyfunc with the tensor
+    signature ``float32[b, *input] -> float32[b, *output]`` (``example_shapes``). Only MLflow:
+    the other trackers have no models.
+    """
+    from medjax.train import metric_writer
+
+    with open(os.path.join(bundle_dir, "plan.json")) as f:
+        input_shape, output_shape = example_shapes(json.load(f))
+    only_mlflow = config.copy_and_resolve_references()
+    with only_mlflow.unlocked():
+        only_mlflow.log.wandb = False
+    writer = metric_writer.MetricWriter(workdir, only_mlflow)
+    try:
+        writer.write_model(bundle_dir, input_shape, output_shape)
+    finally:
+        writer.close()

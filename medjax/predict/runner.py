@@ -24,7 +24,7 @@ from absl import logging
 from medjax import errors
 from medjax.predict import inputs as inputs_lib
 from medjax.predict import model as model_lib
-from medjax.predict import segment
+from medjax.predict import postprocess, segment
 
 CSV_FILE = "predictions.csv"
 
@@ -61,7 +61,7 @@ def load_members(workdir: str, pcfg: ml_collections.ConfigDict) -> list[model_li
     from medjax.predict import bundle
 
     dirs = [os.path.abspath(os.path.expanduser(d)) for d in (workdir, *pcfg.get("ensemble", ()))]
-    dirs = list(dict.fromkeys(d for d in dirs if d))
+    dirs = list(dict.fromkeys(f for d in dirs if d for f in _fold_runs(d)))
     members = [
         bundle.load_bundle(d)
         if bundle.is_bundle(d)
@@ -70,6 +70,23 @@ def load_members(workdir: str, pcfg: ml_collections.ConfigDict) -> list[model_li
     ]
     model_lib.check_ensemble(members)
     return members
+
+
+def _fold_runs(path: str) -> list[str]:
+    """``[path]``, or for a cross-validation folder (``data.fold=all``: ``fold_<k>/`` runs and
+    no run of its own) its folds by k: the folds predict as one ensemble."""
+    import glob
+    import re
+
+    if os.path.isdir(os.path.join(path, "ckpt")) or os.path.exists(os.path.join(path, "plan.json")):
+        return [path]  # a run, or a bundle
+    folds = [
+        (int(m.group(1)), d)
+        for d in glob.glob(os.path.join(path, "fold_*"))
+        if (m := re.fullmatch(r"fold_(\d+)", os.path.basename(d)))
+        and os.path.exists(os.path.join(d, "config.json"))
+    ]
+    return [d for _, d in sorted(folds)] or [path]
 
 
 def read_case(case: inputs_lib.InputCase):
@@ -180,7 +197,9 @@ def run_segmentation(
             )
         )
     tta = pcfg.get("tta")
-    post = pcfg.postprocess
+    post = postprocess.choose(members[0].workdir, pcfg.postprocess)
+    if post.source:
+        print(f"medjax: post-processing {post.describe()}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     progress = _Progress(len(cases))
     for case in cases:
@@ -195,13 +214,7 @@ def run_segmentation(
                 where=case.source,
             )
             spacing = result.labels.spacing
-            array = segment.postprocess(
-                np.asarray(result.labels.array),
-                spacing,
-                keep_largest=tuple(post.keep_largest),
-                min_size_voxels=int(post.min_size_voxels),
-                min_size_ml=float(post.min_size_ml),
-            )
+            array = post.apply(np.asarray(result.labels.array), spacing)
             result.labels = result.labels.with_array(array)
             written = write_case(
                 case,
@@ -235,7 +248,13 @@ def run_segmentation(
         f"{len(rows) - ok} skipped (reasons in {csv_path})",
         file=sys.stderr,
     )
-    return {"output": output, "csv": csv_path, "ok": ok, "rows": rows}
+    return {
+        "output": output,
+        "csv": csv_path,
+        "ok": ok,
+        "rows": rows,
+        "postprocessing": post.source,
+    }
 
 
 def predict(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -81,6 +81,8 @@ def _latest_eval(directory: str, split: str) -> str | None:
 def _numeric(row: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in row.items():
+        if isinstance(v, bool):  # flags such as metrics.json's "postprocessed" are no metric
+            continue
         try:
             value = float(v)
         except (TypeError, ValueError):

@@ -495,14 +495,31 @@ def _evaluate_run(run: _Run) -> dict[str, Any]:
     else:
         step, (state, _) = config.eval.step, run.ckpt.restore(config.eval.step, run.abstract_state)
     split = config.eval.split
-    result = run.evaluate(state, split, keep_predictions=config.eval.write_predictions)
+    from medjax.plan import postprocessing  # lazy: medjax.plan's planner imports the trainer's
+
+    # The run's chosen post-processing (<workdir>/postprocessing.json, eval.postprocess):
+    # metrics and written predictions are then those of the post-processed label maps.
+    post = postprocessing.for_eval(config, run.workdir)
+    task = run.task
+    if post is not None:
+        task = postprocessing.evaluation_task(task, post[1], model_spec.num_classes(config))
+    result = runner.evaluate(
+        task,
+        run.eval_fns,
+        state,
+        split,
+        batch_sharding=run.batch_sh,
+        batch_size=config.eval.batch_size,
+        keep_predictions=config.eval.write_predictions,
+    )
     metrics, per_case = result.metrics, result.per_case
     out_dir = os.path.join(run.workdir, "eval", f"{split}-step{step}")
+    flags = {"postprocessed": post is not None, **({"postprocessing": post[0]} if post else {})}
     # Every process computed the same metrics (outputs are all-gathered); one writes them.
     if distributed.is_main():
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-            json.dump({"step": step, "split": split, **metrics}, f, indent=1)
+            json.dump({"step": step, "split": split, **flags, **metrics}, f, indent=1)
         with open(os.path.join(out_dir, "per_case.csv"), "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(per_case[0]))
             w.writeheader()
@@ -516,5 +533,7 @@ def _evaluate_run(run: _Run) -> dict[str, Any]:
         f"medjax: {split} metrics of step {step}: "
         + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     )
+    if post is not None:
+        hooks.say(f"medjax: post-processed ({postprocessing.summary(post[1])}) by {post[0]}")
     hooks.say(f"medjax: wrote {out_dir}")
-    return {"step": step, "dir": out_dir, **metrics}
+    return {"step": step, "dir": out_dir, **flags, **metrics}

@@ -131,11 +131,10 @@ class MetricWriter:
     def write_model(
         self, bundle_dir: str, input_shape: tuple[int, ...], output_shape: tuple[int, ...]
     ) -> None:
-        """Logs an exported bundle (``--mode=export``) as the run's model where a backend has
-        models (MLflow: a pyfunc model ``float32[b, *input_shape] -> float32[b, *output_shape]``).
+        """Logs an exported bundle (``--mode=export``, ``medjax.predict.bundle.log_model``) as
+        the run's model where a backend has models (MLflow: a pyfunc model
+        ``float32[b, *input_shape] -> float32[b, *output_shape]``).
         """
-        # TODO(issue 18): call from --mode=export (medjax/predict/bundle.export_bundle) with the
-        # bundle folder and the patch shapes; the export code was not in this branch.
         if self.is_main:
             for b in [b for b in self.backends if hasattr(b, "write_model")]:
                 self._each_one(b, "write_model", bundle_dir, input_shape, output_shape)

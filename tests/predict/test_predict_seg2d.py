@@ -168,3 +168,128 @@ def test_console_command_predicts_with_the_runs_own_config(runs, tmp_path):
     ours = np.asarray(Image.open(tmp_path / "cli" / name))
     theirs = np.asarray(Image.open(os.path.join(runs["eval"]["dir"], "predictions", name)))
     np.testing.assert_array_equal(ours, theirs)
+
+
+# --- the run's post-processing (postprocessing.json) in eval, predict and bundles --------------
+
+KEEP_LARGEST = {
+    "version": 1,
+    "metric": "dice",
+    "connectivity": "face",
+    "num_cases": 0,
+    "classes": {"1": {"keep_largest": True, "min_size_voxels": 0}},
+}
+
+
+def _largest(mask):
+    """scipy.ndimage reference: the largest face-connected component of ``mask``."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros(mask.shape, bool)
+    return lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+
+
+def _without_small(mask, min_size):
+    from scipy import ndimage
+
+    lab, _ = ndimage.label(mask)
+    sizes = np.bincount(lab.ravel())
+    return mask & (sizes[lab] >= min_size)
+
+
+@pytest.fixture(scope="module")
+def cv(runs, tmp_path_factory):
+    """A cross-validation folder: runs 0 and 1 as fold_0 / fold_1, and a hand-written choice
+    (class 1: keep the largest component) in the folder, as --mode=choose_postprocessing
+    writes it after data.fold=all."""
+    root = tmp_path_factory.mktemp("cv")
+    for k in (0, 1):
+        shutil.copytree(runs[k], root / f"fold_{k}", ignore=shutil.ignore_patterns("eval"))
+    (root / "postprocessing.json").write_text(json.dumps(KEEP_LARGEST))
+    folder = root / "new"
+    folder.mkdir()
+    for path in runs["test_images"][:4]:
+        shutil.copy(path, folder)
+    return root
+
+
+def test_eval_scores_the_postprocessed_predictions(cv):
+    from medjax.train import crossval
+
+    config = configs.load_config("unet", "tiny")
+    config.train.epochs = 1
+    config.seed = 0
+    config.eval.split = "val"
+    config.eval.write_predictions = False
+    fold = str(cv / "fold_0")
+    raw, truths = crossval._validation_pairs(config, fold)  # the network's own label maps
+    result = loop.evaluate(config, fold)  # the fold finds its cross-validation's choice
+
+    with open(os.path.join(result["dir"], "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["postprocessed"] is True
+    assert metrics["postprocessing"] == str(cv / "postprocessing.json")
+    kept = [_largest(p > 0) for p in raw]
+    assert any((k != (p > 0)).any() for k, p in zip(kept, raw, strict=True))
+    with open(os.path.join(result["dir"], "per_case.csv")) as f:
+        rows = {int(r["index"]): r for r in csv.DictReader(f)}
+    tp = fp_fn = 0
+    for i, (k, t) in enumerate(zip(kept, truths, strict=True)):
+        t = t > 0
+        want = 1.0 if k.sum() + t.sum() == 0 else 2.0 * (k & t).sum() / (k.sum() + t.sum())
+        assert float(rows[i]["dice"]) == pytest.approx(want, abs=1e-9), i
+        tp, fp_fn = tp + (k & t).sum(), fp_fn + k.sum() + t.sum()
+    assert metrics["dice"] == pytest.approx(2.0 * tp / fp_fn, abs=1e-9)
+
+
+def _predict_post(workdir, input_path, output, **post):
+    config = run_config.get_config(str(workdir))
+    config.predict.input = str(input_path)
+    config.predict.output = str(output)
+    for k, v in post.items():
+        config.predict.postprocess[k] = v
+    return runner.predict(config, str(workdir))
+
+
+def _masks(folder, names):
+    return [np.asarray(Image.open(os.path.join(folder, n))) > 0 for n in names]
+
+
+def test_predict_applies_the_choice_unless_the_user_sets_one(cv, tmp_path):
+    names = sorted(os.listdir(cv / "new"))
+    raw = _predict_post(cv, cv / "new", tmp_path / "raw", auto=False)  # the folds' ensemble
+    auto = _predict_post(cv, cv / "new", tmp_path / "auto")
+    user = _predict_post(cv, cv / "new", tmp_path / "user", min_size_voxels=3)
+    assert (raw["postprocessing"], auto["postprocessing"]) == ("", str(cv / "postprocessing.json"))
+    assert user["postprocessing"] == "predict.postprocess"
+    raw_masks = _masks(tmp_path / "raw", names)
+    for name, r, a, u in zip(
+        names,
+        raw_masks,
+        _masks(tmp_path / "auto", names),
+        _masks(tmp_path / "user", names),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, _largest(r), err_msg=name)
+        np.testing.assert_array_equal(u, _without_small(r, 3), err_msg=name)
+    assert any((_largest(r) != r).any() for r in raw_masks)  # the choice changed something
+    # ... and the user's setting is not the choice on these cases.
+    assert any((_largest(r) != _without_small(r, 3)).any() for r in raw_masks)
+
+
+def test_bundle_carries_the_choice(runs, cv, tmp_path):
+    from medjax.predict import bundle
+
+    path = bundle.export_bundle(str(cv / "fold_0"), str(tmp_path / "bundle"))
+    with open(os.path.join(path, "postprocessing.json")) as f:
+        assert json.load(f) == KEEP_LARGEST
+    names = sorted(os.listdir(cv / "new"))
+    out = bundle.load_bundle(path).predict(str(cv / "new"), str(tmp_path / "out"))
+    assert out["postprocessing"] == os.path.join(path, "postprocessing.json")
+    eval_dir = os.path.join(runs["eval"]["dir"], "predictions")  # run 0's raw masks (test split)
+    for name, mask, raw in zip(
+        names, _masks(tmp_path / "out", names), _masks(eval_dir, names), strict=True
+    ):
+        np.testing.assert_array_equal(mask, _largest(raw), err_msg=name)

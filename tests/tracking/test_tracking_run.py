@@ -119,3 +119,30 @@ def test_tensorboard_holds_the_same_scalars(run):
             got += [(e.step, e.value) for e in acc.Scalars("train/loss")]
     expected = [(x["step"], x["train/loss"]) for x in rows if "train/loss" in x]
     assert sorted(got) == pytest.approx(expected, rel=1e-6)  # float32 in the event file
+
+
+def test_export_logs_the_bundle_as_the_training_runs_model(run, monkeypatch):
+    """``--mode=export`` with ``log.mlflow=True`` (medjax/cli.py calls ``bundle.log_model``)."""
+    import mlflow.models
+
+    from medjax.predict import bundle
+
+    tmp, workdir, first_id, _, _ = run
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    path = bundle.export_bundle(workdir, str(tmp / "bundle"))
+    bundle.log_model(workdir, path, _config(tmp))
+    client = MlflowClient("file:" + str(tmp / "mlruns"))
+    runs = client.search_runs([client.get_experiment_by_name("medjax").experiment_id])
+    assert [r.info.run_id for r in runs] == [first_id]  # the training run, not a new one
+    assert runs[0].info.status == "FINISHED"
+    local = client.download_artifacts(first_id, "model", str(tmp / "model"))
+    model = mlflow.models.Model.load(local)
+    config = configs.tiny_unet()
+    patch = tuple(config.data.patch_size)
+    (inp,) = model.signature.inputs.inputs
+    (out,) = model.signature.outputs.inputs
+    assert inp.shape == (-1, *patch, config.model.in_channels)
+    assert out.shape == (-1, *patch, config.model.num_classes)
+    with open(os.path.join(local, "artifacts", "bundle", "metadata.json")) as f:
+        assert json.load(f)["workdir"] == os.path.abspath(workdir)
