@@ -9,7 +9,7 @@ import pytest
 import scipy.ndimage
 
 from medjax import errors
-from medjax.augment import compose, spatial
+from medjax.augment import compose, spatial, warp
 
 KEY = jax.random.key(0)
 LABEL_VALUES = {0, 2, 5}
@@ -177,11 +177,11 @@ def _fixed_affine(angle_deg, scale, shift_frac, in_plane):
         del key
         n_angles = 1 if (ndim == 2 or in_plane) else 3
         angles = jnp.full((n_angles,), np.deg2rad(angle_deg), jnp.float32)
-        inverse_linear = spatial.rotation_matrix(angles, ndim).T / jnp.asarray(scale)[:, None]
+        inverse_linear = warp.rotation_matrix(angles, ndim).T / jnp.asarray(scale)[:, None]
         shape = sample["image"].shape[:-1]
         shift = shift_frac * jnp.asarray(shape, jnp.float32)
-        coords = spatial.coordinate_map(shape, inverse_linear.astype(jnp.float32), shift)
-        return spatial.resample(sample, coords)
+        coords = warp.coordinate_map(shape, inverse_linear.astype(jnp.float32), shift)
+        return warp.resample(sample, coords)
 
     return fn
 

@@ -14,7 +14,7 @@ import pytest
 
 from configs import unet
 from medjax import errors
-from medjax.train import tune as tune_lib
+from medjax.train import tune_results
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,7 +31,7 @@ def test_best_config_file_round_trips(tmp_path):
     values = {"optim.lr": 0.00123, "model.kwargs.features": 8}
     row = {"trial": "abc_00001", "epochs": 2, "status": "completed", "best val/dice": 0.5}
     path = str(tmp_path / "best_config.py")
-    tune_lib.write_best_config(path, c, values, row, "val/dice")
+    tune_results.write_best_config(path, c, values, row, "val/dice")
     spec = importlib.util.spec_from_file_location("best_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

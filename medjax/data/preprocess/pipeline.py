@@ -22,7 +22,6 @@ toward patient right, as nibabel's ``as_closest_canonical`` after our axis rever
 from __future__ import annotations
 
 import copy
-import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +31,7 @@ from medjax import errors
 from medjax.data.io import volume as volume_lib
 from medjax.data.preprocess import crop as crop_lib
 from medjax.data.preprocess import normalize as normalize_lib
+from medjax.data.preprocess import orientation
 from medjax.data.preprocess import resample as resample_lib
 from medjax.data.preprocess.load import load_case  # noqa: F401 - re-exported: pp.load_case
 
@@ -64,11 +64,6 @@ DEFAULT_SPEC: dict[str, Any] = {
     "label_resampling": "linear_per_label",
 }
 
-_CANONICAL = {
-    # For array axes (D, H, W): (world axis index in LPS, sign).
-    "LPS": ((2, 1.0), (1, 1.0), (0, 1.0)),
-    "RAS": ((2, 1.0), (1, -1.0), (0, -1.0)),
-}
 _LUMA = np.array([0.299, 0.587, 0.114])
 _GEOMETRY_TOL = {"spacing": 1e-3, "origin": 1e-3, "direction": 1e-4}
 
@@ -87,7 +82,7 @@ def resolve_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
         )
     out = copy.deepcopy(DEFAULT_SPEC)
     out.update(spec)
-    if out["reorient"] not in (None, *_CANONICAL):
+    if out["reorient"] not in (None, *orientation.CANONICAL):
         raise errors.ConfigError(f"reorient={out['reorient']!r}; allowed: None, 'RAS', 'LPS'.")
     if out["label_mode"] not in ("binary", "keep"):
         raise errors.ConfigError(f"label_mode={out['label_mode']!r}; allowed: 'binary', 'keep'.")
@@ -176,37 +171,6 @@ def _check_label(image: volume_lib.Volume, label: volume_lib.Volume) -> np.ndarr
 # --- reorientation ------------------------------------------------------------------------------
 
 
-def _orientation(direction: np.ndarray, code: str) -> tuple[list[int], list[bool]]:
-    """Permutation and flips that bring array axes to ``code``'s canonical order.
-
-    New axis ``b`` is old axis ``perm[b]``, reversed when ``flip[b]``. For oblique volumes the
-    permutation maximises the summed cosines, so each old axis goes to its closest world axis.
-    """
-    target = _CANONICAL[code]
-    n = direction.shape[0]
-    best = max(
-        itertools.permutations(range(n)),
-        key=lambda p: sum(abs(direction[target[b][0], p[b]]) for b in range(n)),
-    )
-    flips = [bool(np.sign(direction[target[b][0], best[b]]) != target[b][1]) for b in range(n)]
-    return list(best), flips
-
-
-def _apply_orientation(array: np.ndarray, perm: list[int], flip: list[bool]) -> np.ndarray:
-    n = len(perm)
-    array = np.transpose(array, perm + list(range(n, array.ndim)))
-    axes = tuple(b for b in range(n) if flip[b])
-    return np.flip(array, axes) if axes else array
-
-
-def _undo_orientation(array: np.ndarray, perm: list[int], flip: list[bool]) -> np.ndarray:
-    n = len(perm)
-    axes = tuple(b for b in range(n) if flip[b])
-    if axes:
-        array = np.flip(array, axes)
-    return np.transpose(array, list(np.argsort(perm)) + list(range(n, array.ndim)))
-
-
 # --- forward -------------------------------------------------------------------------------------
 
 
@@ -279,7 +243,7 @@ def preprocess_case(
     if spec["reorient"] is not None:
         if n != 3:
             raise errors.ConfigError(f"reorient={spec['reorient']!r} applies to 3D, got {n}D.")
-        perm, flip = _orientation(direction, spec["reorient"])
+        perm, flip = orientation.orientation(direction, spec["reorient"])
         old_index = [(array.shape[perm[b]] - 1) if flip[b] else 0 for b in range(n)]
         corner = np.zeros(n)
         corner[perm] = old_index
@@ -287,8 +251,8 @@ def preprocess_case(
         signs = np.where(flip, -1.0, 1.0)
         direction = direction[:, perm] * signs[None, :]
         spacing = tuple(spacing[p] for p in perm)
-        array = _apply_orientation(array, perm, flip)
-        lab = None if lab is None else _apply_orientation(lab, perm, flip)
+        array = orientation.apply_orientation(array, perm, flip)
+        lab = None if lab is None else orientation.apply_orientation(lab, perm, flip)
         props["reorient"] = {"perm": perm, "flip": flip}
 
     mask = None
@@ -386,7 +350,9 @@ def invert_prediction(pred: np.ndarray, props: Mapping[str, Any]) -> volume_lib.
             fill[0] = 1
         pred = crop_lib.uncrop(pred, props["crop_box"], props["shape_before_crop"], fill)
     if props["reorient"] is not None:
-        pred = _undo_orientation(pred, props["reorient"]["perm"], props["reorient"]["flip"])
+        pred = orientation.undo_orientation(
+            pred, props["reorient"]["perm"], props["reorient"]["flip"]
+        )
     original = props["original"]
     if tuple(pred.shape[:n]) != tuple(original["shape"]):
         raise errors.DataError(
