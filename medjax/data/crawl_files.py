@@ -4,13 +4,14 @@ and the ``CaseList`` a crawl returns."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from medjax import errors
 from medjax.data import case_ids
 
 Case = dict[str, Any]
+Crawl = Callable[[str], list[Case]]  # returns a CaseList
 
 
 def check_root(root: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from medjax import errors, registry
-from medjax.data import crawlers
+from medjax.data import crawlers, crawlers_volume
 
 SHARED_DICOM = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "dicom")
 
@@ -122,7 +122,7 @@ def test_nifti_volume_nnunet_channels(tmp_path):
     _nii(str(tmp_path / "imagesTs" / "case_009_0001.nii.gz"))
     info = {"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "tumour": 1}}
     (tmp_path / "dataset.json").write_text(json.dumps(info))
-    cases = crawlers.get_nifti_volume()(str(tmp_path))
+    cases = crawlers_volume.get_nifti_volume()(str(tmp_path))
     assert [(c["split"], c["id"]) for c in cases] == [
         ("test", "case_009"),
         ("train", "case_001"),
@@ -144,11 +144,11 @@ def test_nifti_volume_missing_channel_and_label(tmp_path):
     _nii(str(tmp_path / "imagesTr" / "c_0002.nii.gz"))
     _nii(str(tmp_path / "labelsTr" / "c.nii.gz"))
     with pytest.raises(errors.DataError, match="'c'"):
-        crawlers.get_nifti_volume()(str(tmp_path))
+        crawlers_volume.get_nifti_volume()(str(tmp_path))
     os.remove(tmp_path / "imagesTr" / "c_0002.nii.gz")
     os.remove(tmp_path / "labelsTr" / "c.nii.gz")
     with pytest.raises(errors.DataError, match="c_0000.nii.gz"):
-        crawlers.get_nifti_volume()(str(tmp_path))
+        crawlers_volume.get_nifti_volume()(str(tmp_path))
 
 
 def test_nifti_volume_decathlon_json(tmp_path):
@@ -162,14 +162,14 @@ def test_nifti_volume_decathlon_json(tmp_path):
         "test": [],
     }
     (tmp_path / "dataset.json").write_text(json.dumps(info))
-    (case,) = crawlers.get_nifti_volume()(str(tmp_path))
+    (case,) = crawlers_volume.get_nifti_volume()(str(tmp_path))
     assert case["id"] == "la_003" and case["image"] == str(tmp_path / "imagesTr" / "la_003.nii.gz")
     assert case["label_names"] == {0: "background", 1: "edema"}
     assert case["channel_names"] == {0: "FLAIR", 1: "T1w"}
     info["training"].append({"image": "./imagesTr/gone.nii.gz", "label": "./labelsTr/gone.nii.gz"})
     (tmp_path / "dataset.json").write_text(json.dumps(info))
     with pytest.raises(errors.DataError, match="gone.nii.gz"):
-        crawlers.get_nifti_volume()(str(tmp_path))
+        crawlers_volume.get_nifti_volume()(str(tmp_path))
 
 
 def test_dicom_series_with_masks(tmp_path):
@@ -180,7 +180,9 @@ def test_dicom_series_with_masks(tmp_path):
     shutil.copytree(series_dir, tmp_path / "dicom" / "patient1" / "CT5N")
     shutil.copy(os.path.join(SHARED_DICOM, "ct_single", "CT_small.dcm"), tmp_path / "dicom")
     _nii(str(tmp_path / "masks" / "CT5N.nii.gz"))
-    cases = crawlers.get_dicom_series(mask_root=str(tmp_path / "masks"))(str(tmp_path / "dicom"))
+    cases = crawlers_volume.get_dicom_series(mask_root=str(tmp_path / "masks"))(
+        str(tmp_path / "dicom")
+    )
     assert len(cases) == 2
     by_image = {os.path.basename(c["image"]): c for c in cases}
     assert by_image["CT5N"]["label"].endswith("CT5N.nii.gz")
@@ -188,6 +190,6 @@ def test_dicom_series_with_masks(tmp_path):
     assert by_image["CT_small.dcm"]["label"] is None
     assert all(c["id"] == c["series_uid"] for c in cases)
     with pytest.raises(errors.DataError, match="has no mask"):
-        crawlers.get_dicom_series(mask_root=str(tmp_path / "masks"), allow_unlabeled=False)(
+        crawlers_volume.get_dicom_series(mask_root=str(tmp_path / "masks"), allow_unlabeled=False)(
             str(tmp_path / "dicom")
         )

@@ -21,30 +21,23 @@ Every file is written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import json
 import multiprocessing
 import os
 import pathlib
-import re
 import shutil
-import sys
-import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from absl import logging
 
 from medjax import errors
-from medjax.data import case_ids
 from medjax.data.io import itk
 from medjax.data.io import volume as volume_lib
-from medjax.data.luna import csvs, geometry
+from medjax.data.luna import csvs, cutout_files, geometry
 
 DEFAULT_SIZE = (32, 48, 48)
 HU_MIN, HU_MAX = -1000, 1000
-STORE_FORMAT = 1
 CSV_COLUMNS = (
     "row",
     "seriesuid",
@@ -128,50 +121,6 @@ def extract_cutout(
 # Store building.
 
 
-def _data_file(mhd: pathlib.Path) -> pathlib.Path | None:
-    """The ``ElementDataFile`` an ``.mhd`` header points to (None for ``LOCAL`` data)."""
-    try:
-        text = mhd.read_text(errors="replace")
-    except OSError:
-        return None
-    match = re.search(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", text, re.MULTILINE)
-    if not match or match.group(1).upper() == "LOCAL":
-        return None
-    return mhd.parent / match.group(1)
-
-
-def _signature(mhd: pathlib.Path) -> list:
-    """``[[name, size, mtime_ns], ...]`` of the header and its data file: changes force a redo."""
-    out = []
-    for path in (mhd, _data_file(mhd)):
-        if path is None:
-            continue
-        try:
-            stat = path.stat()
-            out.append([path.name, stat.st_size, stat.st_mtime_ns])
-        except OSError:
-            out.append([path.name, None, None])
-    return out
-
-
-def _key(xyz: list, size: Sequence[int], dtype: str) -> str:
-    """Hash of what a scan's part depends on besides the scan file itself."""
-    blob = json.dumps([np.round(xyz, 6).tolist(), list(size), dtype, STORE_FORMAT])
-    return hashlib.sha1(blob.encode()).hexdigest()
-
-
-def _atomic_json(path: pathlib.Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
-def _part(parts: pathlib.Path, uid: str) -> pathlib.Path:
-    """``parts/<safe uid>`` without a suffix: a seriesuid from a CSV must not name a path."""
-    name = case_ids.safe_case_id(uid)
-    return pathlib.Path(case_ids.ensure_inside(parts, parts / f"{name}.part"))
-
-
 def _process_scan(task: dict) -> dict:
     """Worker: reads one scan, writes ``parts/<uid>.npy`` and returns the scan's record.
 
@@ -200,49 +149,13 @@ def _process_scan(task: dict) -> dict:
         ],
         shape=list(scan.spatial_shape),
     )
-    part = _part(parts, uid)
+    part = cutout_files.part(parts, uid)
     tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}.npy")
     np.save(tmp, cutouts)
     os.replace(tmp, part.with_suffix(".npy"))
     # The record is written last: it is what marks the part as complete.
-    _atomic_json(part.with_suffix(".json"), record)
+    cutout_files.atomic_json(part.with_suffix(".json"), record)
     return record
-
-
-class _Progress:
-    """A one-line progress display on stderr: done/total, scans/s and ETA."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.done = total, enabled and total > 0, 0
-        self.t0 = self.last = time.monotonic()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.5 and self.done < self.total):
-            return
-        self.last = now
-        rate = self.done / max(now - self.t0, 1e-9)
-        eta = (self.total - self.done) / max(rate, 1e-9)
-        bar = "#" * int(30 * self.done / self.total)
-        sys.stderr.write(
-            f"\rcutouts [{bar:<30}] {self.done}/{self.total} scans, {rate:.2f} scans/s, "
-            f"ETA {eta:.0f}s"
-        )
-        if self.done >= self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
-def _load_manifest(out_dir: pathlib.Path) -> dict | None:
-    path = out_dir / "candidates.json"
-    if not path.exists() or not (out_dir / "cutouts.npy").exists():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if manifest.get("format") == STORE_FORMAT else None
 
 
 def build_cutout_store(
@@ -292,7 +205,7 @@ def build_cutout_store(
     for c in candidates:
         by_series.setdefault(c.seriesuid, []).append(c)
 
-    old = _load_manifest(out_dir)
+    old = cutout_files.load_manifest(out_dir)
     old_scans = old["scans"] if old else {}
     skipped_scans, records, tasks = [], {}, []
     for uid, cands in by_series.items():
@@ -313,14 +226,14 @@ def build_cutout_store(
             "xyz": [list(c.xyz) for c in cands],
             "size": list(size),
             "dtype": dtype,
-            "signature": _signature(mhd),
-            "key": _key([list(c.xyz) for c in cands], size, dtype),
+            "signature": cutout_files.signature(mhd),
+            "key": cutout_files.key([list(c.xyz) for c in cands], size, dtype),
         }
         prev = old_scans.get(uid)
         if prev and [prev["signature"], prev["key"]] == [task["signature"], task["key"]]:
             records[uid] = {**prev, "seriesuid": uid, "source": "store"}
             continue
-        part_json = _part(parts, uid).with_suffix(".json")
+        part_json = cutout_files.part(parts, uid).with_suffix(".json")
         if part_json.exists() and part_json.with_suffix(".npy").exists():
             rec = json.loads(part_json.read_text())
             if [rec["signature"], rec["key"]] == [task["signature"], task["key"]]:
@@ -328,7 +241,7 @@ def build_cutout_store(
                 continue
         tasks.append(task)
 
-    bar = _Progress(len(tasks), progress)
+    bar = cutout_files.Progress(len(tasks), progress)
     if workers > 1 and len(tasks) > 1:
         # Spawn, not fork: the parent may hold JAX / thread pools that fork would copy.
         context = multiprocessing.get_context("spawn")
@@ -404,7 +317,7 @@ def build_cutout_store(
     for s in skipped_candidates:
         logging.warning("LUNA cutouts: skipped candidate of %s: %s", s["seriesuid"], s["reason"])
     if n_rows == 0:
-        _atomic_json(out_dir / "report.json", report)
+        cutout_files.atomic_json(out_dir / "report.json", report)
         raise errors.DataError(f"No cutout could be made from {root}; see {out_dir}/report.json.")
 
     # ---- Write the new cutouts under a temporary name, then commit. ----
@@ -417,13 +330,13 @@ def build_cutout_store(
             a, b = old_scans[rec["seriesuid"]]["rows"]
             store[row0 : row0 + n] = old_cutouts[a:b]
         elif n:
-            part = _part(parts, rec["seriesuid"]).with_suffix(".npy")
+            part = cutout_files.part(parts, rec["seriesuid"]).with_suffix(".npy")
             store[row0 : row0 + n] = np.load(part, mmap_mode="r")[:n]
     store.flush()
     del store, old_cutouts
 
     manifest = {
-        "format": STORE_FORMAT,
+        "format": cutout_files.STORE_FORMAT,
         "size": list(size),
         "dtype": dtype,
         "hu_range": [HU_MIN, HU_MAX],
@@ -440,8 +353,8 @@ def build_cutout_store(
         for i in range(n_rows):
             f.write(",".join(str(columns[c][i]) for c in CSV_COLUMNS) + "\n")
     os.replace(tmp_csv, out_dir / "candidates.csv")
-    _atomic_json(out_dir / "report.json", report)
-    _atomic_json(out_dir / "candidates.json", manifest)
+    cutout_files.atomic_json(out_dir / "report.json", report)
+    cutout_files.atomic_json(out_dir / "candidates.json", manifest)
     shutil.rmtree(parts, ignore_errors=True)
 
     if strict and (skipped_scans or skipped_candidates):

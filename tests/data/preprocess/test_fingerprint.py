@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medjax import errors
-from medjax.data import crawlers
+from medjax.data import crawlers_volume
 from medjax.data.io import nifti
 from medjax.data.io import volume as volume_lib
 from medjax.data.preprocess import fingerprint
@@ -70,7 +70,7 @@ def test_fingerprint_from_crawled_nifti_cases(tmp_path):
         image = img.with_array(img.array.astype(np.float32))
         nifti.write_nifti(image, tmp_path / "imagesTr" / f"c{i}_0000.nii.gz")
         nifti.write_nifti(lab, tmp_path / "labelsTr" / f"c{i}.nii.gz")
-    cases = crawlers.get_nifti_volume()(str(tmp_path))
+    cases = crawlers_volume.get_nifti_volume()(str(tmp_path))
     fp = fingerprint.compute_fingerprint(cases)
     assert fp["num_cases"] == 2
     np.testing.assert_allclose(fp["median_spacing_mm"], [2.0, 1.0, 1.0], rtol=1e-6)

@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 from medjax import errors
-from medjax.data import crawlers
+from medjax.data import crawlers, crawlers_volume
 from medjax.data.io import image2d
 from medjax.data.io import volume as volume_lib
 from medjax.data.preprocess import pipeline
@@ -231,7 +231,7 @@ def test_load_case_dicom_folder_with_two_series(tmp_path):
         pytest.skip("DICOM test data not present")
     shutil.copytree(os.path.join(dicom_dir, "ct_series_reduced_CT5N"), tmp_path / "mixed")
     shutil.copy(os.path.join(dicom_dir, "ct_single", "CT_small.dcm"), tmp_path / "mixed")
-    cases = crawlers.get_dicom_series()(str(tmp_path))
+    cases = crawlers_volume.get_dicom_series()(str(tmp_path))
     # The 5-slice series' image is the folder that also holds CT_small.dcm: series_uid decides.
     assert len(cases) == 2
     assert str(tmp_path / "mixed") in [c["image"] for c in cases]
