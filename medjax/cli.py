@@ -4,7 +4,8 @@
     medjax predict --workdir=runs/x --config.predict.input=scans/ --config.predict.output=out/
     python launch.py --config=configs/unet.py --mode=eval  # the same flags through launch.py
 
-Subcommands ``train | eval | predict | export | preprocess | tune`` are ``--mode=<name>``;
+Subcommands ``train | eval | predict | export | preprocess | tune | plan | cv_summary |
+choose_postprocessing | explain`` are ``--mode=<name>``;
 both forms take the same flags. ``--config`` is a config file (``path[:arg]``) or the name of a
 built-in config shipped with the package (``unet``, ``unet3d:tiny``, ... : the ``configs``
 package installed beside ``medjax``). ``predict`` and ``export`` need no ``--config``: they use
@@ -250,6 +251,11 @@ def prepare_argv(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     """The console entry point (``[project.scripts] medjax``) and ``launch.py``'s."""
     argv = prepare_argv(sys.argv if argv is None else argv)
+    if any(a in ("--help", "-h", "--helpshort") for a in argv[1:]):
+        # absl lists the flags of the __main__ module only: an installed console script (or
+        # launch.py) is not this module, so its --help would name no flag at all.
+        print(__doc__ + "\nFlags:\n" + FLAGS.module_help(sys.modules[__name__]))
+        raise SystemExit(0)
     try:
         app.run(_main, argv=argv, flags_parser=cli_errors.flags_parser(FLAGS))
     except SystemExit as e:
