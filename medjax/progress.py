@@ -1,4 +1,7 @@
-"""Progress lines with a rate and an ETA, for the user waiting at a terminal (stderr).
+"""What the user at a terminal reads (stderr): messages, progress lines with a rate and an ETA.
+
+``say(message)`` is the one way library code talks to the user (warnings they must see at the
+default verbosity, summaries, where files went): process 0 only. Diagnostics go to absl logging.
 
 ``Progress(total, name)`` prints ``\\r<name> i/N <rate>/s ETA 1m05s`` as work advances
 (process 0 only, at most every ``min_interval`` seconds, and once at the end with a newline);
@@ -12,6 +15,12 @@ import time
 from typing import IO
 
 from medjax import distributed
+
+
+def say(message: str) -> None:
+    """Prints ``message`` for the user on stderr, from process 0 only (flushed at once)."""
+    if distributed.is_main():
+        print(message, file=sys.stderr, flush=True)
 
 
 def format_seconds(seconds: float) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,7 +34,7 @@ import numpy as np
 from absl import logging
 from scipy import ndimage
 
-from medjax import distributed, errors
+from medjax import distributed, errors, progress
 
 FILE = "postprocessing.json"
 SIZE_FRACTIONS = (0.1, 0.25, 0.5)
@@ -270,7 +269,7 @@ def describe(doc: Mapping[str, Any]) -> str:
 def print_choice(doc: Mapping[str, Any]) -> None:
     """``describe`` on stderr, process 0 only (CLI progress, not library logging)."""
     if distributed.is_main():
-        print(describe(doc), file=sys.stderr)
+        progress.say(describe(doc))
 
 
 # --- evaluation on post-processed predictions ---------------------------------------------------

@@ -20,14 +20,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from medjax import errors, registry
+from medjax import errors, progress, registry
 from medjax.data import pipeline, sources
 from medjax.evaluate import classification as eval_cls
 from medjax.metrics import classification
@@ -127,10 +126,7 @@ class ClassificationTask:
         with open(path) as f:
             skipped = json.load(f)["skipped"]
         for problem in skipped:
-            print(
-                f"medjax: skipped {', '.join(problem['files'])}: {problem['reason']}",
-                file=sys.stderr,
-            )
+            progress.say(f"medjax: skipped {', '.join(problem['files'])}: {problem['reason']}")
         return skipped
 
     def _class_names(self, entries: list[dict[str, Any]]) -> list[str]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import sys
 import time
 from typing import Any
 
@@ -31,7 +30,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from medjax import distributed, errors
+from medjax import distributed, errors, progress
 from medjax.train import checkpoint_faults as faults
 
 
@@ -95,10 +94,9 @@ class Checkpointer:
         path = os.path.join(self.directory, str(step))
         logging.warning("Damaged checkpoint %s (%s); skipped.", path, problem)
         if distributed.is_main():
-            print(
+            progress.say(
                 f"medjax: warning: checkpoint step {step} in {self.directory} is damaged "
-                f"({problem}); skipped.",
-                file=sys.stderr,
+                f"({problem}); skipped."
             )
 
     def _move_damaged(self) -> None:
@@ -116,7 +114,7 @@ class Checkpointer:
                 aside = os.path.join(self.directory + "_damaged", f"{step}-{stamp}")
                 os.makedirs(os.path.dirname(aside), exist_ok=True)
                 shutil.move(path, aside)
-                print(f"medjax: moved damaged checkpoint {path} to {aside}", file=sys.stderr)
+                progress.say(f"medjax: moved damaged checkpoint {path} to {aside}")
 
     def _metric(self, metrics: dict[str, Any]) -> float:
         value = metrics.get(self.monitor) if metrics else None

@@ -22,13 +22,12 @@ import json
 import math
 import os
 import re
-import sys
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from medjax import distributed, errors
+from medjax import distributed, errors, progress
 from medjax.data import splits as splits_lib
 from medjax.models import spec as model_spec
 
@@ -63,7 +62,7 @@ def train_folds(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     for fold in range(int(config.data.num_folds)):
         cfg = fold_config(config, fold)
         if distributed.is_main():
-            print(f"medjax: fold {fold} of {config.data.num_folds}", file=sys.stderr)
+            progress.say(f"medjax: fold {fold} of {config.data.num_folds}")
         loop.train_and_evaluate(cfg, fold_dir(workdir, fold), evaluate_after=True)
     return summarize(workdir, config.data.val_split)
 
@@ -148,7 +147,7 @@ def summarize(workdir: str, split: str = "val") -> dict[str, Any]:
         with open(tmp, "w") as f:
             json.dump(summary, f, indent=1)
         os.replace(tmp, os.path.join(workdir, SUMMARY_FILE))
-        print(describe(summary), file=sys.stderr)
+        progress.say(describe(summary))
     return summary
 
 

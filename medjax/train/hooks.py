@@ -18,6 +18,7 @@ import jax
 import ml_collections
 
 from medjax import distributed, errors
+from medjax import progress as progress_lib
 from medjax.train import optim
 
 
@@ -182,9 +183,8 @@ def validation_hooks(config: ml_collections.ConfigDict) -> list[Plateau | EarlyS
 
 
 def say(message: str) -> None:
-    """Progress for the user: printed by the main process only."""
-    if distributed.is_main():
-        print(message, file=sys.stderr)
+    """Progress for the user: printed by the main process only (``medjax.progress.say``)."""
+    progress_lib.say(message)
 
 
 def progress(epoch: int, epochs: int, done: int, total: int, elapsed: float, loss: float) -> None:

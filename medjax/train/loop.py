@@ -11,7 +11,6 @@ import csv
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -209,10 +208,9 @@ def _init_from(
             else:
                 merged[k] = v
                 skipped.append(k)
-        print(
+        progress.say(
             f"medjax: init_from {path} (step {step}): loaded {len(merged) - len(skipped)} "
-            f"{name}, kept fresh: {skipped or 'none'}",
-            file=sys.stderr,
+            f"{name}, kept fresh: {skipped or 'none'}"
         )
         if len(skipped) == len(merged):
             raise errors.CheckpointError(f"init_from={path!r}: no {name} matches this model.")
@@ -460,7 +458,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         lines.append(f"  val/{k} = {v:.4f}")
     lines.append(f"  checkpoints: {summary['checkpoints']}")
     lines.append(f"  view: tensorboard --logdir {summary['workdir']}")
-    print("\n".join(lines), file=sys.stderr)
+    progress.say("\n".join(lines))
 
 
 def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -21,13 +21,12 @@ import json
 import logging
 import math
 import os
-import sys
 from typing import Any
 
 import ml_collections
 from flax import traverse_util
 
-from medjax import errors, registry
+from medjax import errors, progress, registry
 from medjax.train import tune_results, tune_space
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -138,15 +137,14 @@ def _progress_callback(metric: str) -> Any:
         def on_trial_result(self, iteration, trials, trial, result, **info):
             del iteration, trials, info
             value = result.get(metric)
-            print(
+            progress.say(
                 f"medjax tune: trial {trial.trial_id} epoch {result.get('epoch')}: "
-                f"{metric}={value:.4f}",
-                file=sys.stderr,
+                f"{metric}={value:.4f}"
             )
 
         def on_trial_error(self, iteration, trials, trial, **info):
             del iteration, trials, info
-            print(f"medjax tune: trial {trial.trial_id} failed", file=sys.stderr)
+            progress.say(f"medjax tune: trial {trial.trial_id} failed")
 
     return Progress()
 
@@ -198,7 +196,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         )
         ray_dir = os.path.join(workdir, "ray")
         if tune.Tuner.can_restore(ray_dir):
-            print(f"medjax: resuming the sweep in {ray_dir}", file=sys.stderr)
+            progress.say(f"medjax: resuming the sweep in {ray_dir}")
             tuner = tune.Tuner.restore(
                 ray_dir, trainable, resume_unfinished=True, resume_errored=True
             )

@@ -30,7 +30,6 @@ import fcntl
 import json
 import os
 import socket
-import sys
 from typing import Any
 
 import jax
@@ -39,7 +38,7 @@ import numpy as np
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from medjax import distributed, errors
+from medjax import distributed, errors, progress
 
 LOCK_FILE = "run.lock"
 
@@ -166,7 +165,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, *, resuming: b
         with open(path) as f:
             old = _flat(json.load(f))
     except (OSError, ValueError) as e:
-        print(f"medjax: warning: cannot read {path} ({e}); not compared.", file=sys.stderr)
+        progress.say(f"medjax: warning: cannot read {path} ({e}); not compared.")
         return
     new = _flat(json.loads(config.to_json_best_effort()))
     # Keys the saved config lacks are new in the schema (a newer medjax): not a change.
@@ -180,10 +179,9 @@ def check_config(config: ml_collections.ConfigDict, workdir: str, *, resuming: b
     listed = "; ".join(diffs)
     if config.train.allow_config_change:
         if distributed.is_main():
-            print(
+            progress.say(
                 f"medjax: warning: resuming {workdir} with a changed config "
-                f"(train.allow_config_change=True): {listed}",
-                file=sys.stderr,
+                f"(train.allow_config_change=True): {listed}"
             )
         return
     raise errors.ConfigError(
