@@ -197,30 +197,58 @@ def threshold_baseline(source: sources.StoreSource, num_thresholds: int = 200) -
     }
 
 
+# Label colours of the sample grids (RGB), label value i -> PALETTE[i % len]; 0 is black.
+PALETTE = np.array(
+    [
+        (0, 0, 0),
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+    ],
+    np.uint8,
+)
+
+
+def colour_labels(labels: np.ndarray) -> np.ndarray:
+    """``int[H, W]`` label map -> ``uint8[H, W, 3]``: each label value in its own colour.
+
+    Values beyond the palette reuse it cyclically (never as background).
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    index = np.where(labels > 0, (labels - 1) % (len(PALETTE) - 1) + 1, 0)
+    return PALETTE[index]
+
+
 def sample_grid(
     source: sources.StoreSource, predictions: dict[int, np.ndarray], num: int
 ) -> np.ndarray | None:
     """Rows of (input | ground truth | prediction) for the first ``num`` predicted cases.
 
-    3D cases show their middle slice. Returns ``uint8[rows*H, 3*W, 3]`` or None.
+    3D cases show their middle slice. The input is grey; truth and prediction show each label
+    value in its own colour (``colour_labels``). Returns ``uint8[rows*H, 3*W, 3]`` or None.
     """
     rows = []
     for index in sorted(predictions)[:num]:
         record = source[index]
         image = np.asarray(record["image"][..., 0], np.float32)
-        label = np.asarray(record.get("label", np.zeros(image.shape)), np.float32)
-        pred = predictions[index].astype(np.float32)
+        label = np.asarray(record.get("label", np.zeros(image.shape)))
+        pred = np.asarray(predictions[index])
         if image.ndim == 3:
             mid = image.shape[0] // 2
             image, label, pred = image[mid], label[mid], pred[mid]
         lo, hi = np.percentile(image, [0.5, 99.5])
-        image = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
-        k = max(label.max(), pred.max(), 1.0)
-        rows.append(np.concatenate([image, label / k, pred / k], axis=1))
+        grey = (np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+        grey = np.repeat(grey[..., None], 3, axis=-1)
+        rows.append(np.concatenate([grey, colour_labels(label), colour_labels(pred)], axis=1))
     if not rows:
         return None
-    grid = (np.concatenate(rows, axis=0) * 255).astype(np.uint8)
-    return np.repeat(grid[..., None], 3, axis=-1)
+    return np.concatenate(rows, axis=0)
 
 
 def check_blend(blend: str) -> None:
