@@ -42,7 +42,7 @@ class SegmentationTask:
         # Classes or label regions (data.regions): checked before hours of training.
         self.regions = region_lib.parse(config.data.get("regions", ()))
         region_lib.check(self.regions, model_spec.num_classes(config))
-        self.class_names = region_lib.names(
+        self.scored_names = region_lib.names(
             model_spec.num_classes(config), self.regions, config.data.get("class_names", ())
         )
 
@@ -95,7 +95,7 @@ class SegmentationTask:
                 num_classes=num_classes,
                 connectivity=connectivity,
                 regions=self.regions,
-                class_names=self.class_names,
+                class_names=self.scored_names,
             )
         return seg_eval.VolumeEvaluation(
             source,
@@ -108,7 +108,7 @@ class SegmentationTask:
             keep_predictions=keep_predictions,
             connectivity=connectivity,
             regions=self.regions,
-            class_names=self.class_names,
+            class_names=self.scored_names,
         )
 
     def describe(self) -> str:

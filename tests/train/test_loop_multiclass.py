@@ -8,6 +8,9 @@ import os
 import nibabel as nib
 import numpy as np
 
+from medjax.data import synthetic
+from medjax.predict import run_config
+from medjax.predict import runner as predict_runner
 from medjax.testing import configs
 from medjax.train import loop
 
@@ -43,14 +46,27 @@ def _check_run(config, workdir, names, label_values):
     for name in names:
         for key in ("dice", "iou", "hd95", "assd"):
             assert f"{key}/{name}" in rows[0]
-    for path in glob.glob(os.path.join(result["dir"], "predictions", "*.nii.gz")):
+    paths = sorted(glob.glob(os.path.join(result["dir"], "predictions", "*.nii.gz")))
+    assert len(paths) == 2
+    for path in paths:
         assert set(np.unique(np.asarray(nib.load(path).dataobj))) <= set(label_values)
-    return summary
+    return result["dir"]
 
 
 def test_multiclass_softmax_run_reports_each_class(tmp_path):
     _check_run(_tiny("multiclass"), str(tmp_path), ("cord", "lesion"), {0, 1, 2})
 
 
-def test_region_run_trains_a_sigmoid_per_region(tmp_path):
-    _check_run(_tiny("regions"), str(tmp_path), ("cord", "lesion"), {0, 1, 2})
+def test_region_run_trains_a_sigmoid_per_region_and_predict_paints_as_eval(tmp_path):
+    config = _tiny("regions")
+    workdir = str(tmp_path / "run")
+    eval_dir = _check_run(config, workdir, ("cord", "lesion"), {0, 1, 2})
+    # Predict on the raw test volumes paints the region sigmoids exactly as evaluation did.
+    root = synthetic.ensure_dataset(config.data.synthetic, **config.data.synthetic_kwargs.to_dict())
+    predict_config = run_config.get_config(workdir)
+    predict_config.predict.input = os.path.join(root, "imagesTs")
+    predict_config.predict.output = str(tmp_path / "out")
+    predict_runner.predict(predict_config, workdir)
+    for path in sorted(glob.glob(os.path.join(eval_dir, "predictions", "*.nii.gz"))):
+        ours = nib.load(os.path.join(tmp_path, "out", os.path.basename(path)))
+        np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(nib.load(path).dataobj))
