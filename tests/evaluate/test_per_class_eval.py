@@ -176,3 +176,22 @@ def test_binary_keeps_its_keys(tmp_path):
     assert not any("/" in k for k in result.metrics)  # no per-class keys for one class
     want, _ = _reference(preds, refs, [[1, 2, 3]], ("fg",))
     assert result.metrics["dice"] == pytest.approx(want["dice/fg"], rel=1e-12)
+
+
+def test_sample_grid_shows_each_class_in_its_own_colour(tmp_path):
+    refs, preds = _labels()
+    source = _store(tmp_path, refs)
+    grid = seg_eval.sample_grid(source, dict(enumerate(preds)), 1)
+    h, w = SHAPE
+    assert grid.shape == (h, 3 * w, 3) and grid.dtype == np.uint8
+    for row in range(1):  # case 0 holds every label in truth and prediction
+        truth = grid[row * h : (row + 1) * h, w : 2 * w]
+        pred = grid[row * h : (row + 1) * h, 2 * w :]
+        for panel, labels in ((truth, refs[row]), (pred, preds[row])):
+            colours = {}
+            for value in range(4):
+                seen = np.unique(panel[labels == value].reshape(-1, 3), axis=0)
+                assert len(seen) == 1, value  # one colour per label value
+                colours[value] = tuple(seen[0])
+            assert colours[0] == (0, 0, 0)
+            assert len(set(colours.values())) == 4  # background and three distinct classes
