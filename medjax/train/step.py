@@ -222,7 +222,6 @@ def predict_logits(state: state_lib.TrainState, image: jax.Array, *, precision: 
 
 
 def predict_labels(logits: jax.Array) -> jax.Array:
-    """Logits ``[B, *spatial, K]`` -> label map ``int32[B, *spatial]`` (sigmoid > 0.5 for K=1)."""
-    if logits.shape[-1] == 1:
-        return (logits[..., 0] > 0).astype(jnp.int32)
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    """Logits ``[B, *spatial, K]`` -> label map ``int32[B, *spatial]`` (sigmoid > 0.5 for K=1;
+    ``metrics.regions.labels_from_logits``, which also paints label regions)."""
+    return regions_lib.labels_from_logits(logits)
