@@ -40,7 +40,9 @@ class _PerClass:
     ``dice/<name>``, ``iou/<name>``, ``hd95/<name>``, ``assd/<name>`` (NaN where undefined).
     """
 
-    def _setup(self, num_classes: int, regions: regions_lib.Regions, class_names) -> None:
+    def _setup(
+        self, num_classes: int, regions: regions_lib.Regions, class_names: tuple[str, ...]
+    ) -> None:
         self.num_classes, self.regions = num_classes, tuple(regions)
         self.names = regions_lib.names(num_classes, self.regions, tuple(class_names or ()))
         self.totals = {k: 0.0 for k in confusion.COUNT_KEYS}  # float64[K'] after a case

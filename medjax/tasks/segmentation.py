@@ -32,6 +32,12 @@ class SegmentationTask:
         self.config = config
         seg_eval.check_blend(config.eval.get("blend", "auto"))  # before hours of training
         surface.check_connectivity(config.eval.get("surface_connectivity", "face"))
+        # Classes or label regions (data.regions): checked before the data is built.
+        self.regions = region_lib.parse(config.data.get("regions", ()))
+        region_lib.check(self.regions, model_spec.num_classes(config))
+        self.scored_names = region_lib.names(
+            model_spec.num_classes(config), self.regions, config.data.get("class_names", ())
+        )
         self.data = pipeline.prepare_data(config)
         channels = {e["channels"] for split in self.data.splits.values() for e in split}
         if len(channels) != 1:
@@ -39,12 +45,6 @@ class SegmentationTask:
         self.channels = channels.pop()
         self.patch_size = tuple(config.data.patch_size)
         self.num_train = len(self.data.source(config.data.train_split))
-        # Classes or label regions (data.regions): checked before hours of training.
-        self.regions = region_lib.parse(config.data.get("regions", ()))
-        region_lib.check(self.regions, model_spec.num_classes(config))
-        self.scored_names = region_lib.names(
-            model_spec.num_classes(config), self.regions, config.data.get("class_names", ())
-        )
 
     def input_shape(self) -> tuple[int, ...]:
         """``(1, *patch, C)``: what the model is initialised with."""

@@ -7,7 +7,9 @@ import os
 
 import nibabel as nib
 import numpy as np
+import pytest
 
+from medjax import errors
 from medjax.data import synthetic
 from medjax.predict import run_config
 from medjax.predict import runner as predict_runner
@@ -70,3 +72,11 @@ def test_region_run_trains_a_sigmoid_per_region_and_predict_paints_as_eval(tmp_p
     for path in sorted(glob.glob(os.path.join(eval_dir, "predictions", "*.nii.gz"))):
         ours = nib.load(os.path.join(tmp_path, "out", os.path.basename(path)))
         np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(nib.load(path).dataobj))
+
+
+def test_regions_need_one_channel_each_before_any_data_is_built(tmp_path):
+    config = _tiny("regions")
+    config.model.num_classes = 3
+    with pytest.raises(errors.ConfigError, match=r"model\.num_classes must be 2"):
+        loop.train_and_evaluate(config, str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "ckpt"))
