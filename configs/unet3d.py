@@ -34,11 +34,16 @@ volumes labelled 1 = cord, 2 = lesion (``synthetic.lesion3d`` with ``labels="cor
 3 softmax classes; Dice/IoU/HD95/ASSD are reported per class (``val/dice/cord``,
 ``val/dice/lesion``, columns of per_case.csv) and ``val/dice`` is their foreground mean:
     python launch.py --config=configs/unet3d.py:multiclass --workdir=runs/unet3d_mc
+  Measured 2026-12-03 on 2 shared CPU cores (nice 19, load ~6): 4.5 minutes wall including
+  generating and preprocessing the data; validation Dice 0.82 after 400 steps (cord 0.94,
+  lesion 0.69); test Dice 0.80 (cord 0.95, lesion 0.66; HD95 cord 1.0 mm, lesion 3.3 mm).
 
 Regions (``:regions``): the same labels trained nnU-Net's region way, one sigmoid per
 overlapping region, ``data.regions=((1, 2), (2,))`` (whole cord incl. lesions, lesion), as
 BraTS' whole tumour / tumour core / enhancing; predictions are painted back into 0/1/2 maps:
     python launch.py --config=configs/unet3d.py:regions --workdir=runs/unet3d_regions
+  Measured 2026-12-03 the same way: 3.7 minutes wall from the cached data; validation Dice
+  0.75 (cord region 0.96, lesion 0.55); test Dice 0.73 (cord 0.97, lesion 0.48).
 """
 
 from configs import common
