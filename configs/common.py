@@ -48,6 +48,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.preprocess.modality = ""
     c.data.patch_size = (64, 64)  # spatial size fed to the model, in voxels
     c.data.fg_oversample = 1.0 / 3.0
+    # Label regions, BraTS style: a tuple of tuples of label values, e.g. ((1, 2, 3), (2, 3),
+    # (3,)) for whole tumour / tumour core / enhancing. Each region is one sigmoid channel
+    # (model.num_classes = number of regions) and may overlap others; the written label map
+    # paints them in order (medjax.metrics.regions). (): plain classes (softmax for K > 1).
+    c.data.regions = ()
+    # Names of the foreground classes (or regions) in metric keys, e.g. ("cord", "lesion") ->
+    # val/dice/cord; (): the label values ("1", "2") or a region's values ("1+2+3").
+    c.data.class_names = ()
     c.data.num_workers = 2  # Grain worker processes (0: in-process)
     # Reader threads and buffered batches per loader process; 0: cpus // workers threads (1..4)
     # and twice that many batches (pipeline.read_options; Grain's own 16 / 500 thrash small hosts).

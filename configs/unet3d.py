@@ -28,6 +28,22 @@ Full (more cases and features, deep supervision, elastic deformation; for a GPU)
   spacing and patch size to fit it.
 
 Tiny (tests, seconds): ``configs/unet3d.py:tiny``.
+
+Multi-class (``:multiclass``, combines with the others, e.g. ``:tiny,multiclass``): the same
+volumes labelled 1 = cord, 2 = lesion (``synthetic.lesion3d`` with ``labels="cord_lesion"``),
+3 softmax classes; Dice/IoU/HD95/ASSD are reported per class (``val/dice/cord``,
+``val/dice/lesion``, columns of per_case.csv) and ``val/dice`` is their foreground mean:
+    python launch.py --config=configs/unet3d.py:multiclass --workdir=runs/unet3d_mc
+  Measured 2026-12-03 on 2 shared CPU cores (nice 19, load ~6): 4.5 minutes wall including
+  generating and preprocessing the data; validation Dice 0.82 after 400 steps (cord 0.94,
+  lesion 0.69); test Dice 0.80 (cord 0.95, lesion 0.66; HD95 cord 1.0 mm, lesion 3.3 mm).
+
+Regions (``:regions``): the same labels trained nnU-Net's region way, one sigmoid per
+overlapping region, ``data.regions=((1, 2), (2,))`` (whole cord incl. lesions, lesion), as
+BraTS' whole tumour / tumour core / enhancing; predictions are painted back into 0/1/2 maps:
+    python launch.py --config=configs/unet3d.py:regions --workdir=runs/unet3d_regions
+  Measured 2026-12-03 the same way: 3.7 minutes wall from the cached data; validation Dice
+  0.75 (cord region 0.96, lesion 0.55); test Dice 0.73 (cord 0.97, lesion 0.48).
 """
 
 from configs import common
@@ -35,8 +51,17 @@ from medjax import config_lib
 
 
 def get_config(arg: str | None = None):
-    """The experiment config; ``arg`` picks ``variant=default|long|tiny|full``."""
-    args = config_lib.parse_arg(arg, variant="default", tiny=False, full=False, long=False)
+    """The experiment config; ``arg`` picks ``variant=default|long|tiny|full``, and
+    ``multiclass`` or ``regions`` the cord + lesion labels (see the module docstring)."""
+    args = config_lib.parse_arg(
+        arg,
+        variant="default",
+        tiny=False,
+        full=False,
+        long=False,
+        multiclass=False,
+        regions=False,
+    )
     c = common.base_config()
     c.data.synthetic = "lesion3d"
     c.data.synthetic_kwargs = {"num_train": 40, "num_val": 10, "num_test": 10, "seed": 0}
@@ -135,4 +160,12 @@ def get_config(arg: str | None = None):
         c.eval.batch_size = 8
         c.ckpt.every_epochs = 1
         c.log.num_images = 2
+    if args.multiclass or args.regions:
+        c.data.synthetic_kwargs.labels = "cord_lesion"  # 1 cord, 2 lesion (inside the cord)
+        c.data.preprocess.label_mode = "keep"
+        c.data.class_names = ("cord", "lesion")
+        c.model.num_classes = 3  # softmax: background, cord, lesion
+    if args.regions:
+        c.data.regions = ((1, 2), (2,))  # whole cord (cord + lesion), lesion: nested regions
+        c.model.num_classes = 2  # one sigmoid per region
     return c

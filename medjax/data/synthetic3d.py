@@ -4,7 +4,7 @@ The built-in 3D segmentation dataset. It is written as a Medical Segmentation De
 (what the ``nifti_volume`` crawler reads)::
 
     root/imagesTr/<id>.nii.gz   int16 T2w volume (training and validation cases)
-    root/labelsTr/<id>.nii.gz   uint8 lesion mask, 0/1
+    root/labelsTr/<id>.nii.gz   uint8 lesion mask, 0/1 (``labels="cord_lesion"``: 0/1 cord/2 lesion)
     root/imagesTs/<id>.nii.gz   test volumes
     root/labelsTs/<id>.nii.gz   test masks (nnU-Net raw keeps test labels here; MSD has none)
     root/dataset.json           MSD keys plus disjoint "training" / "validation" / "test" lists
@@ -42,17 +42,19 @@ import numpy as np
 from scipy import ndimage
 
 from medjax import registry
+from medjax.data import synthetic_geometry
 from medjax.data.io import nifti
 from medjax.data.io import volume as volume_lib
 
 DEFAULT_SHAPE = (24, 80, 80)  # (D, H, W) voxels: 48 x 64 x 64 mm at the default spacing
 DEFAULT_SPACING_MM = (2.0, 0.8, 0.8)  # (D, H, W): thick axial slices, fine in-plane
 SPLITS = ("train", "val", "test")
+# make_lesion3d(labels=...): the dataset.json "labels" of each label set.
+LABEL_SETS = {
+    "lesion": {"0": "background", "1": "lesion"},
+    "cord_lesion": {"0": "background", "1": "cord", "2": "lesion"},
+}
 INTENSITY_SCALE = 1000.0  # stored int16 values are intensity * scale, like an MR scanner's range
-
-# World (LPS) unit vectors of the generation frame's array axes (D, H, W): D -> superior (+z),
-# H -> posterior (+y), W -> patient left (+x). Columns are array axes (Volume convention).
-_GENERATION_DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 
 
 class Case(NamedTuple):
@@ -102,6 +104,7 @@ def spine_volume(
     spacing_mm: Sequence[float] = DEFAULT_SPACING_MM,
     *,
     num_lesions: int = 2,
+    cord_label: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One axial T2w cervical-spine volume and its lesion mask, in the generation frame.
 
@@ -110,10 +113,12 @@ def spine_volume(
       shape: ``(D, H, W)`` voxels; D is the slice (superior-inferior) axis.
       spacing_mm: ``(D, H, W)`` voxel size in mm.
       num_lesions: lesions to place inside the cord (0 gives a lesion-free volume).
+      cord_label: label the cord too (the multi-class variant): 1 cord, 2 lesion.
 
     Returns:
       ``image float32[D, H, W]`` (non-negative, about ``[0, 1.2]`` after the bias field) and
-      ``mask uint8[D, H, W]`` in {0, 1}; the mask is non-empty iff ``num_lesions > 0``.
+      ``mask uint8[D, H, W]`` in {0, 1} (lesion; non-empty iff ``num_lesions > 0``), or with
+      ``cord_label`` in {0, 1, 2} (lesions lie inside the cord, so they overwrite it).
     """
     depth, height, width = (int(s) for s in shape)
     sd, sh, sw = (float(s) for s in spacing_mm)
@@ -199,76 +204,14 @@ def spine_volume(
     img = np.hypot(
         img + sigma * rng.standard_normal(img.shape), sigma * rng.standard_normal(img.shape)
     )
-    return img.astype(np.float32), mask.astype(np.uint8)
+    labels = np.where(mask, 2, cord).astype(np.uint8) if cord_label else mask.astype(np.uint8)
+    return img.astype(np.float32), labels
 
 
 # --------------------------------------------------------------------------------------------
-# Geometry: an oblique slab, some cases stored with flipped voxel order.
+# One case: anatomy placed and stored by ``synthetic_geometry`` (an oblique slab, some cases
+# stored with flipped voxel order).
 # --------------------------------------------------------------------------------------------
-
-
-def _rotation(axis: int, degrees: float) -> np.ndarray:
-    a = np.deg2rad(degrees)
-    c, s = np.cos(a), np.sin(a)
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
-
-
-def random_geometry(
-    rng: np.random.Generator,
-    shape: Sequence[int] = DEFAULT_SHAPE,
-    spacing_mm: Sequence[float] = DEFAULT_SPACING_MM,
-) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    """The generation frame's placement in the world, and the axes stored reversed.
-
-    The axial slab is tilted 5-15 degrees about the left-right axis (angled to the cord, as
-    spine protocols do), up to 5 degrees about the superior axis, and centred near the origin.
-
-    Args:
-      rng: the case's generator.
-      shape: ``(D, H, W)`` voxels.
-      spacing_mm: ``(D, H, W)`` mm.
-
-    Returns:
-      ``(direction float64[3, 3], origin float64[3], flip_axes)``: the LPS direction (columns
-      are array axes) and origin of the *generation-frame* array, and the array axes to reverse
-      before writing (``stored_geometry`` turns these into the stored affine).
-    """
-    tilt = rng.choice([-1.0, 1.0]) * rng.uniform(5.0, 15.0)
-    direction = _rotation(2, rng.uniform(-5.0, 5.0)) @ _rotation(0, tilt) @ _GENERATION_DIRECTION
-    centre = rng.uniform(-20.0, 20.0, 3)
-    half_extent = np.asarray(spacing_mm, float) * (np.asarray(shape, float) - 1) / 2
-    origin = centre - direction @ half_extent
-    # Scanners differ in which way they store rows, columns and slices; the affine says which.
-    patterns = ((), (2,), (1, 2), (0,), (0, 1, 2))
-    flip_axes = patterns[rng.choice(len(patterns), p=[0.4, 0.2, 0.2, 0.1, 0.1])]
-    return direction, origin, flip_axes
-
-
-def stored_geometry(
-    direction: np.ndarray,
-    origin: np.ndarray,
-    shape: Sequence[int],
-    spacing_mm: Sequence[float],
-    flip_axes: Sequence[int],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Direction and origin of the array after reversing ``flip_axes``.
-
-    The world position of every voxel is unchanged: index ``i`` along a reversed axis is old
-    index ``n - 1 - i``, so that axis' direction column changes sign and the origin moves to the
-    old last voxel.
-
-    Returns:
-      ``(direction float64[3, 3], origin float64[3])``.
-    """
-    direction = np.array(direction, float)
-    origin = np.array(origin, float)
-    for axis in flip_axes:
-        origin = origin + direction[:, axis] * spacing_mm[axis] * (shape[axis] - 1)
-        direction[:, axis] = -direction[:, axis]
-    return direction, origin
 
 
 def make_case(
@@ -277,6 +220,7 @@ def make_case(
     shape: Sequence[int] = DEFAULT_SHAPE,
     spacing_mm: Sequence[float] = DEFAULT_SPACING_MM,
     lesion_free: bool = False,
+    cord_label: bool = False,
 ) -> Case:
     """Generates one case: anatomy, lesions, geometry, stored voxel order.
 
@@ -285,14 +229,19 @@ def make_case(
       shape: ``(D, H, W)`` voxels.
       spacing_mm: ``(D, H, W)`` mm.
       lesion_free: no lesions (an empty mask).
+      cord_label: label the cord as 1 and lesions as 2 (``spine_volume``).
 
     Returns:
       A ``Case``; ``image`` and ``label`` are what ``make_lesion3d`` writes.
     """
     num_lesions = 0 if lesion_free else int(rng.choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1]))
-    image, mask = spine_volume(rng, shape, spacing_mm, num_lesions=num_lesions)
-    direction, origin, flip_axes = random_geometry(rng, shape, spacing_mm)
-    direction, origin = stored_geometry(direction, origin, shape, spacing_mm, flip_axes)
+    image, mask = spine_volume(
+        rng, shape, spacing_mm, num_lesions=num_lesions, cord_label=cord_label
+    )
+    direction, origin, flip_axes = synthetic_geometry.random_geometry(rng, shape, spacing_mm)
+    direction, origin = synthetic_geometry.stored_geometry(
+        direction, origin, shape, spacing_mm, flip_axes
+    )
     stored = np.round(np.flip(image, flip_axes) * INTENSITY_SCALE)
     stored_image = np.clip(stored, 0, np.iinfo(np.int16).max).astype(np.int16)
     stored_mask = np.ascontiguousarray(np.flip(mask, flip_axes))
@@ -338,6 +287,7 @@ def make_lesion3d(
     spacing_mm: Sequence[float] = DEFAULT_SPACING_MM,
     empty_fraction: float = 0.25,
     seed: int = 0,
+    labels: str = "lesion",
 ) -> None:
     """Writes the lesion3d dataset as a Decathlon folder under ``root`` (see the module doc).
 
@@ -354,10 +304,15 @@ def make_lesion3d(
       spacing_mm: ``(D, H, W)`` voxel size in mm.
       empty_fraction: fraction of each split without lesions.
       seed: the dataset seed; the same seed and options give identical files' contents.
+      labels: ``"lesion"`` (binary masks) or ``"cord_lesion"`` (1 cord, 2 lesion: the
+        multi-class variant; the images are the same).
 
     Raises:
-      ValueError: a negative count, a shape that is not 3D, or a fraction outside [0, 1].
+      ValueError: a negative count, a shape that is not 3D, a fraction outside [0, 1] or an
+        unknown ``labels``.
     """
+    if labels not in LABEL_SETS:
+        raise ValueError(f"lesion3d: labels={labels!r}; expected one of {sorted(LABEL_SETS)}.")
     counts = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
     if min(counts.values()) < 0 or len(shape) != 3 or len(spacing_mm) != 3:
         raise ValueError(f"lesion3d: bad counts {counts}, shape {shape} or spacing {spacing_mm}.")
@@ -376,7 +331,13 @@ def make_lesion3d(
         )
         for i in range(counts[split]):
             rng = np.random.default_rng([seed, split_index, i])
-            case = make_case(rng, shape=shape, spacing_mm=spacing_mm, lesion_free=i in empty)
+            case = make_case(
+                rng,
+                shape=shape,
+                spacing_mm=spacing_mm,
+                lesion_free=i in empty,
+                cord_label=labels == "cord_lesion",
+            )
             cid = case_id(index)
             index += 1
             image_rel = f"./{image_dir}/{cid}.nii.gz"
@@ -396,7 +357,7 @@ def make_lesion3d(
         "release": "1.0",
         "tensorImageSize": "3D",
         "modality": {"0": "T2"},
-        "labels": {"0": "background", "1": "lesion"},
+        "labels": LABEL_SETS[labels],
         "numTraining": counts["train"],
         "numValidation": counts["val"],
         "numTest": counts["test"],

@@ -15,35 +15,107 @@ import numpy as np
 from medjax import errors
 from medjax.data import pipeline, sources
 from medjax.metrics import confusion, surface
+from medjax.metrics import regions as regions_lib
 from medjax.tasks import base
 
-
-def _pooled(totals: dict[str, float], per_case: list[dict[str, Any]]) -> dict[str, float]:
-    """Split metrics from the pooled voxel counts, plus the mean per-case Dice."""
-    pooled = {
-        k: float(np.mean(v))
-        for k, v in confusion.from_counts({k: np.array([v]) for k, v in totals.items()}).items()
-    }
-    pooled["dice_per_case"] = float(np.mean([c["dice"] for c in per_case]))
-    return pooled
+PER_CLASS = ("dice", "iou")  # overlap metrics also reported per class/region (and hd95/assd)
 
 
-class SplitEvaluation:
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the non-NaN values; NaN (no warning) when there is none."""
+    values = np.asarray(values, np.float64)
+    kept = values[~np.isnan(values)]
+    return float(np.mean(kept)) if kept.size else float("nan")
+
+
+class _PerClass:
+    """What both evaluations share: per-case rows and split metrics, per class or region.
+
+    Per class (``K'`` of them, named by ``regions.names``) the voxel counts of the split are
+    pooled, and the split's ``dice`` (``iou``, ...) is the **foreground mean**: the mean over
+    classes of each class's pooled Dice (nnU-Net's "foreground mean"; for binary it is the
+    pooled Dice). With more than one class or region the split also reports ``dice/<name>``,
+    ``iou/<name>``, ``hd95_mm/<name>``, ``assd_mm/<name>`` (mean over the cases where both of
+    that class's masks are non-empty) and ``hd95_empty_cases/<name>``; each case's row has
+    ``dice/<name>``, ``iou/<name>``, ``hd95/<name>``, ``assd/<name>`` (NaN where undefined).
+    """
+
+    def _setup(
+        self, num_classes: int, regions: regions_lib.Regions, class_names: tuple[str, ...]
+    ) -> None:
+        self.num_classes, self.regions = num_classes, tuple(regions)
+        self.names = regions_lib.names(num_classes, self.regions, tuple(class_names or ()))
+        self.totals = {k: 0.0 for k in confusion.COUNT_KEYS}  # float64[K'] after a case
+        self.class_hd95: list[np.ndarray] = []  # per case, float64[K'] (NaN / inf: empty)
+        self.result = base.EvalResult()
+
+    def _masks(self, labels: np.ndarray) -> np.ndarray:
+        return regions_lib.class_masks(
+            np.asarray(labels), num_classes=self.num_classes, regions=self.regions
+        )
+
+    def _add_case(
+        self,
+        index: int,
+        counts: dict[str, np.ndarray],
+        distances: dict[str, np.ndarray],
+    ) -> dict[str, Any]:
+        """Adds one case's per-class counts ``float[K']`` and ``class_distances``; its row."""
+        for k in self.totals:
+            self.totals[k] = self.totals[k] + np.asarray(counts[k], np.float64)
+        overlap = confusion.from_counts(counts)
+        entry = {"id": self.source.ids[index], "index": index}
+        entry.update({k: _nanmean(v) for k, v in overlap.items()})
+        entry.update(surface.case_surface_from_classes(distances["hd95"], distances["assd"]))
+        self.class_hd95.append(np.asarray(distances["hd95"], np.float64))
+        if len(self.names) > 1:
+            for i, name in enumerate(self.names):
+                for m in PER_CLASS:
+                    entry[f"{m}/{name}"] = float(overlap[m][i])
+                for m in ("hd95", "assd"):
+                    value = float(distances[m][i])
+                    entry[f"{m}/{name}"] = value if np.isfinite(value) else float("nan")
+        self.result.per_case.append(entry)
+        return entry
+
+    def _split_metrics(self) -> dict[str, float]:
+        per_case = self.result.per_case
+        pooled = confusion.from_counts({k: np.atleast_1d(v) for k, v in self.totals.items()})
+        out = {k: _nanmean(v) for k, v in pooled.items()}
+        out["dice_per_case"] = float(np.mean([c["dice"] for c in per_case]))
+        out.update(surface.summarize(per_case))
+        if len(self.names) > 1 and per_case:
+            hd95 = np.stack(self.class_hd95)  # [cases, K']
+            for i, name in enumerate(self.names):
+                for m in PER_CLASS:
+                    out[f"{m}/{name}"] = float(pooled[m][i])
+                both = np.isfinite(hd95[:, i])  # both masks non-empty
+                for m in ("hd95", "assd"):
+                    values = np.array([c[f"{m}/{name}"] for c in per_case])[both]
+                    out[f"{m}_mm/{name}"] = float(np.mean(values)) if values.size else float("nan")
+                out[f"hd95_empty_cases/{name}"] = float(np.isinf(hd95[:, i]).sum())
+        return out
+
+
+class SplitEvaluation(_PerClass):
     """Whole-image evaluation of a split whose cases all have the patch's shape.
 
     Metrics: ``dice``, ``iou``, ``sensitivity``, ``specificity``, ``precision`` from the pooled
-    voxel counts of the whole split, ``dice_per_case`` (mean over cases, a case with empty
-    reference and prediction scoring 1), ``loss``, and ``hd95_mm``, ``assd_mm``,
-    ``hd95_empty_cases``, ``hd95_both_empty_cases`` by the rule of ``metrics.surface`` (means over
-    the cases where both masks are non-empty; a case with one empty mask is NaN per case and
-    counted, never 0); one row per case; and, if asked, the predicted label maps by case index.
+    voxel counts of the whole split (per class, then their foreground mean: ``_PerClass``),
+    ``dice_per_case`` (mean over cases, a case with empty reference and prediction scoring 1),
+    ``loss``, and ``hd95_mm``, ``assd_mm``, ``hd95_empty_cases``, ``hd95_both_empty_cases`` by
+    the rule of ``metrics.surface`` (means over the cases where both masks are non-empty; a case
+    with one empty mask is NaN per case and counted, never 0); one row per case; per-class keys
+    for multi-class and region runs; and, if asked, the predicted label maps by case index.
     Inputs: the eval step over ``pipeline.eval_batches``.
 
     Args:
       source: the split's cases.
       spacings: per case, the mm spacing of the stored grid (None: 1 per axis).
-      num_classes: ``K`` of the model (1 or 2: binary), for the per-class surface metrics.
+      num_classes: ``K`` of the model (1 or 2: binary).
       connectivity: the surface's neighbours (``eval.surface_connectivity``).
+      regions: ``data.regions`` (``metrics.regions``), or ``()`` for plain classes.
+      class_names: ``data.class_names`` (default names: ``metrics.regions.names``).
     """
 
     def __init__(
@@ -54,37 +126,32 @@ class SplitEvaluation:
         spacings: list[tuple[float, ...]] | None = None,
         num_classes: int = 2,
         connectivity: str = "face",
+        regions: regions_lib.Regions = (),
+        class_names: tuple[str, ...] = (),
     ):
         self.source, self.keep_predictions = source, keep_predictions
-        self.spacings, self.num_classes, self.connectivity = spacings, num_classes, connectivity
+        self.spacings, self.connectivity = spacings, connectivity
         self.inputs = base.Batches(lambda batch_size: pipeline.eval_batches(source, batch_size))
-        self.totals = {k: 0.0 for k in ("tp", "fp", "fn", "tn")}
+        self._setup(num_classes, regions, class_names)
         self.loss_sum = 0.0
-        self.result = base.EvalResult()
 
     def accumulate(self, out: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> None:
         """Adds one batch: ``out`` holds per-example ``tp/fp/fn/tn [B, K']``, ``loss [B]`` and
         ``pred [B, *spatial]``; rows with ``batch["valid"]`` False are padding."""
         valid = batch["valid"]
         counts = {k: np.asarray(out[k], np.float64)[valid] for k in self.totals}  # [n, K']
-        for k in self.totals:
-            self.totals[k] += counts[k].sum()
         self.loss_sum += float(np.asarray(out["loss"], np.float64)[valid].sum())
-        case_metrics = confusion.from_counts(counts)
         indices = batch["index"][valid]
         pred = np.asarray(out["pred"])[valid]
-        surfaces = surface.surface_metrics_for_batch(
-            pred,
-            batch["label"][valid],
-            [self._spacing(int(i), pred.ndim - 1) for i in indices],
-            num_classes=self.num_classes,
-            connectivity=self.connectivity,
-        )
+        labels = np.asarray(batch["label"])[valid]
         for row, index in enumerate(indices):
-            entry = {"id": self.source.ids[int(index)], "index": int(index)}
-            entry.update({k: float(np.mean(v[row])) for k, v in case_metrics.items()})
-            entry.update(surfaces[row])
-            self.result.per_case.append(entry)
+            distances = surface.class_distances(
+                self._masks(pred[row]),
+                self._masks(labels[row]),
+                self._spacing(int(index), pred.ndim - 1),
+                connectivity=self.connectivity,
+            )
+            self._add_case(int(index), {k: v[row] for k, v in counts.items()}, distances)
             if self.keep_predictions:
                 self.result.predictions[int(index)] = pred[row].astype(np.uint8)
 
@@ -93,9 +160,8 @@ class SplitEvaluation:
 
     def finalize(self) -> base.EvalResult:
         """The split's ``EvalResult``."""
-        self.result.metrics = _pooled(self.totals, self.result.per_case)
+        self.result.metrics = self._split_metrics()
         self.result.metrics["loss"] = self.loss_sum / max(len(self.result.per_case), 1)
-        self.result.metrics.update(surface.summarize(self.result.per_case))
         return self.result
 
 
@@ -133,30 +199,58 @@ def threshold_baseline(source: sources.StoreSource, num_thresholds: int = 200) -
     }
 
 
+# Label colours of the sample grids (RGB), label value i -> PALETTE[i % len]; 0 is black.
+PALETTE = np.array(
+    [
+        (0, 0, 0),
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+    ],
+    np.uint8,
+)
+
+
+def colour_labels(labels: np.ndarray) -> np.ndarray:
+    """``int[H, W]`` label map -> ``uint8[H, W, 3]``: each label value in its own colour.
+
+    Values beyond the palette reuse it cyclically (never as background).
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    index = np.where(labels > 0, (labels - 1) % (len(PALETTE) - 1) + 1, 0)
+    return PALETTE[index]
+
+
 def sample_grid(
     source: sources.StoreSource, predictions: dict[int, np.ndarray], num: int
 ) -> np.ndarray | None:
     """Rows of (input | ground truth | prediction) for the first ``num`` predicted cases.
 
-    3D cases show their middle slice. Returns ``uint8[rows*H, 3*W, 3]`` or None.
+    3D cases show their middle slice. The input is grey; truth and prediction show each label
+    value in its own colour (``colour_labels``). Returns ``uint8[rows*H, 3*W, 3]`` or None.
     """
     rows = []
     for index in sorted(predictions)[:num]:
         record = source[index]
         image = np.asarray(record["image"][..., 0], np.float32)
-        label = np.asarray(record.get("label", np.zeros(image.shape)), np.float32)
-        pred = predictions[index].astype(np.float32)
+        label = np.asarray(record.get("label", np.zeros(image.shape)))
+        pred = np.asarray(predictions[index])
         if image.ndim == 3:
             mid = image.shape[0] // 2
             image, label, pred = image[mid], label[mid], pred[mid]
         lo, hi = np.percentile(image, [0.5, 99.5])
-        image = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
-        k = max(label.max(), pred.max(), 1.0)
-        rows.append(np.concatenate([image, label / k, pred / k], axis=1))
+        grey = (np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+        grey = np.repeat(grey[..., None], 3, axis=-1)
+        rows.append(np.concatenate([grey, colour_labels(label), colour_labels(pred)], axis=1))
     if not rows:
         return None
-    grid = (np.concatenate(rows, axis=0) * 255).astype(np.uint8)
-    return np.repeat(grid[..., None], 3, axis=-1)
+    return np.concatenate(rows, axis=0)
 
 
 def check_blend(blend: str) -> None:
@@ -169,15 +263,15 @@ def check_blend(blend: str) -> None:
         )
 
 
-class VolumeEvaluation:
+class VolumeEvaluation(_PerClass):
     """Sliding-window evaluation of cases of any size, with distance metrics in millimetres.
 
     Each case is predicted whole (Gaussian-blended windows of ``tile_size``), then scored on
-    the host: pooled voxel counts give the split's Dice/IoU/sensitivity/specificity/precision,
-    and per-case Dice, HD95 and ASSD (spacing-aware) are averaged over cases. HD95/ASSD follow
-    ``metrics.surface``: the mean over cases where both masks are non-empty; a case with one
-    empty mask is NaN per case and counted in ``hd95_empty_cases`` (both empty:
-    ``hd95_both_empty_cases``), never 0.
+    the host: pooled voxel counts give the split's Dice/IoU/sensitivity/specificity/precision
+    (per class, then their foreground mean: ``_PerClass``), and per-case Dice, HD95 and ASSD
+    (spacing-aware) are averaged over cases. HD95/ASSD follow ``metrics.surface``: the mean
+    over cases where both masks are non-empty; a case with one empty mask is NaN per case and
+    counted in ``hd95_empty_cases`` (both empty: ``hd95_both_empty_cases``), never 0.
 
     Args:
       source: the split's cases.
@@ -185,6 +279,8 @@ class VolumeEvaluation:
       tile_size, num_classes, step_fraction, mirror_axes, blend: the sliding window, see
         ``sliding_window.sliding_window_predict``.
       connectivity: the surface's neighbours (``eval.surface_connectivity``).
+      regions: ``data.regions`` (``metrics.regions``), or ``()`` for plain classes.
+      class_names: ``data.class_names`` (default names: ``metrics.regions.names``).
 
     Raises:
       ConfigError: ``blend`` is unknown (named as ``eval.blend``).
@@ -202,10 +298,12 @@ class VolumeEvaluation:
         blend: str = "auto",
         keep_predictions: bool = False,
         connectivity: str = "face",
+        regions: regions_lib.Regions = (),
+        class_names: tuple[str, ...] = (),
     ):
         check_blend(blend)
         self.source, self.spacings, self.connectivity = source, spacings, connectivity
-        self.num_classes, self.keep_predictions = num_classes, keep_predictions
+        self.keep_predictions = keep_predictions
         self.inputs = base.Windows(
             lambda: ((i, source[i]["image"]) for i in range(len(source))),
             tile_size=tuple(tile_size),
@@ -214,47 +312,29 @@ class VolumeEvaluation:
             mirror_axes=tuple(mirror_axes),
             blend=blend,
         )
-        self.totals = {k: 0.0 for k in ("tp", "fp", "fn", "tn")}
-        self.result = base.EvalResult()
+        self._setup(num_classes, regions, class_names)
 
     def accumulate(self, out: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> None:
         """Scores one case: ``out["logits"] float32[1, *spatial, K]``, ``batch["index"] [1]``."""
-        from medjax.metrics import segmentation as seg_metrics
-
         index = int(batch["index"][0])
-        logits = out["logits"][0]
-        pred = (logits[..., 0] > 0) if self.num_classes == 1 else np.argmax(logits, axis=-1)
+        pred = regions_lib.labels_from_logits(np.asarray(out["logits"][0]), self.regions)
         pred = pred.astype(np.uint8)
         record = self.source[index]
         ref = np.asarray(record.get("label", np.zeros(pred.shape)), np.uint8)
-        m = seg_metrics.case_metrics(
-            pred,
-            ref,
-            num_classes=max(self.num_classes, 2),
-            spacing=self.spacings[index],
-            connectivity=self.connectivity,
+        pred_masks, ref_masks = self._masks(pred), self._masks(ref)
+        axes = tuple(range(pred.ndim))
+        tp = np.count_nonzero(pred_masks & ref_masks, axis=axes).astype(np.float64)
+        fp = np.count_nonzero(pred_masks, axis=axes) - tp
+        fn = np.count_nonzero(ref_masks, axis=axes) - tp
+        counts = {"tp": tp, "fp": fp, "fn": fn, "tn": pred.size - tp - fp - fn}
+        distances = surface.class_distances(
+            pred_masks, ref_masks, self.spacings[index], connectivity=self.connectivity
         )
-        fg_p, fg_r = pred != 0, ref != 0
-        tp = float(np.count_nonzero(fg_p & fg_r))
-        counts = {
-            "tp": tp,
-            "fp": float(np.count_nonzero(fg_p)) - tp,
-            "fn": float(np.count_nonzero(fg_r)) - tp,
-        }
-        counts["tn"] = float(pred.size) - counts["tp"] - counts["fp"] - counts["fn"]
-        for k in self.totals:
-            self.totals[k] += counts[k]
-        entry = {"id": self.source.ids[index], "index": index}
-        overlap = {k: v for k, v in m.items() if k not in seg_metrics.DISTANCE_METRICS}
-        entry.update({k: float(np.nanmean(v)) for k, v in overlap.items()})
-        entry.update(surface.case_surface_from_classes(m["hd95"], m["assd"]))
-        self.result.per_case.append(entry)
+        self._add_case(index, counts, distances)
         if self.keep_predictions:
             self.result.predictions[index] = pred
 
     def finalize(self) -> base.EvalResult:
         """The split's ``EvalResult``."""
-        per_case = self.result.per_case
-        self.result.metrics = _pooled(self.totals, per_case)
-        self.result.metrics.update(surface.summarize(per_case))
+        self.result.metrics = self._split_metrics()
         return self.result

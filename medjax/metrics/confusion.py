@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
 
+from medjax.metrics import regions as regions_lib
+
 COUNT_KEYS = ("tp", "fp", "fn", "tn")
 
 
@@ -32,6 +34,7 @@ def per_example_counts(
     *,
     valid: jax.typing.ArrayLike | None = None,
     threshold: float = 0.5,
+    regions: regions_lib.Regions = (),
 ) -> dict[str, jax.Array]:
     """Per-example, per-class confusion counts over the voxels that ``valid`` keeps.
 
@@ -43,15 +46,22 @@ def per_example_counts(
         voxels where it is False are not counted.
       threshold: foreground probability threshold for ``K == 1`` (``sigmoid(logit) >
         threshold``); unused for ``K > 1``.
+      regions: ``data.regions`` (``metrics.regions``): the logits are one sigmoid per region;
+        the prediction is the label map they paint (as written out), scored per region.
 
     Returns:
-      ``{"tp", "fp", "fn", "tn"}``, each ``float32[B, K']``; ``K' = 1`` for ``K == 1`` and
-      ``K - 1`` (foreground classes 1..K-1) for ``K > 1``. Sums are exact integers up to 2**24
-      per entry (float32); they are accumulated in int32 first.
+      ``{"tp", "fp", "fn", "tn"}``, each ``float32[B, K']``; ``K' = 1`` for ``K == 1``,
+      ``K - 1`` (foreground classes 1..K-1) for ``K > 1``, ``len(regions)`` with regions.
+      Sums are exact integers up to 2**24 per entry (float32); they are accumulated in int32
+      first.
     """
     _check_shapes(logits, labels)
     num_classes = logits.shape[-1]
-    if num_classes == 1:
+    if regions:
+        pred_labels = regions_lib.labels_from_logits(logits, regions)
+        pred = regions_lib.class_masks(pred_labels, num_classes=num_classes, regions=regions)
+        ref = regions_lib.class_masks(labels, num_classes=num_classes, regions=regions)
+    elif num_classes == 1:
         # Comparing probabilities rather than logits keeps threshold in probability units.
         pred = (jax.nn.sigmoid(logits.astype(jnp.float32)) > threshold)[..., :1]
         ref = (labels != 0)[..., None]

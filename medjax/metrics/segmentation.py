@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from medjax import errors, registry
 from medjax.metrics import confusion, surface
+from medjax.metrics import regions as regions_lib
 
 OVERLAP_METRICS = ("dice", "iou", "sensitivity", "specificity", "precision")
 DISTANCE_METRICS = ("hd95", "assd")
@@ -45,8 +46,9 @@ def case_metrics(
     spacing: Sequence[float],
     percentile: float = 95.0,
     connectivity: str = "face",
+    regions: regions_lib.Regions = (),
 ) -> dict[str, np.ndarray]:
-    """All metrics of one case, per foreground class.
+    """All metrics of one case, per foreground class (or per label region).
 
     Args:
       pred: ``int[*spatial]`` predicted label map (class indices; for ``num_classes <= 2``
@@ -56,10 +58,11 @@ def case_metrics(
       spacing: mm per voxel along each array axis.
       percentile: the Hausdorff percentile.
       connectivity: surface neighbours, ``"face"`` or ``"full"`` (``surface.surface_voxels``).
+      regions: ``data.regions`` (``metrics.regions``): score these label regions instead.
 
     Returns:
       ``{metric: float64[K']}`` for every name in ``METRICS``, ``K'`` the foreground classes
-      (1 for binary, ``K - 1`` otherwise, in class order).
+      (1 for binary, ``K - 1`` otherwise, in class order) or the regions.
 
     Raises:
       ValueError: shapes differ or ``spacing`` does not match the number of axes.
@@ -69,12 +72,12 @@ def case_metrics(
         raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
     if len(spacing) != pred.ndim:
         raise ValueError(f"spacing {tuple(spacing)} does not fit a {pred.ndim}-D case")
-    classes = _foreground_classes(num_classes)
+    pred_masks = regions_lib.class_masks(pred, num_classes=num_classes, regions=regions)
+    ref_masks = regions_lib.class_masks(ref, num_classes=num_classes, regions=regions)
     out: dict[str, list[float]] = {m: [] for m in METRICS}
     counts = {k: [] for k in confusion.COUNT_KEYS}
-    for c in classes:
-        p = pred != 0 if num_classes <= 2 else pred == c
-        r = ref != 0 if num_classes <= 2 else ref == c
+    for c in range(pred_masks.shape[-1]):
+        p, r = pred_masks[..., c], ref_masks[..., c]
         tp = np.count_nonzero(p & r)
         fp = np.count_nonzero(p) - tp
         fn = np.count_nonzero(r) - tp

@@ -41,6 +41,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from medjax import errors
+from medjax.metrics import regions as regions_lib
 
 CONNECTIVITIES = ("face", "full")
 # Per-case surface status, a column of per_case.csv.
@@ -146,6 +147,40 @@ def distance_metrics(
     return {"hd95": float(hd), "assd": float(assd)}
 
 
+def class_distances(
+    pred_masks: npt.ArrayLike,
+    ref_masks: npt.ArrayLike,
+    spacing: Sequence[float],
+    *,
+    connectivity: str = "face",
+    percentile: float = 95.0,
+) -> dict[str, np.ndarray]:
+    """``distance_metrics`` of each class/region channel of one case.
+
+    Args:
+      pred_masks: ``bool[*spatial, K']`` (``regions.class_masks`` of the prediction).
+      ref_masks: ``bool[*spatial, K']``, the reference's.
+      spacing: mm per voxel along each spatial axis.
+      connectivity: see ``surface_voxels``.
+      percentile: the Hausdorff percentile.
+
+    Returns:
+      ``{"hd95": float64[K'], "assd": float64[K']}`` (NaN: both empty; inf: one empty).
+    """
+    pred_masks, ref_masks = np.asarray(pred_masks, bool), np.asarray(ref_masks, bool)
+    values = [
+        distance_metrics(
+            pred_masks[..., i],
+            ref_masks[..., i],
+            spacing,
+            percentile=percentile,
+            connectivity=connectivity,
+        )
+        for i in range(pred_masks.shape[-1])
+    ]
+    return {k: np.array([v[k] for v in values], np.float64) for k in ("hd95", "assd")}
+
+
 def case_surface(
     pred: npt.ArrayLike,
     ref: npt.ArrayLike,
@@ -154,6 +189,7 @@ def case_surface(
     num_classes: int,
     connectivity: str = "face",
     percentile: float = 95.0,
+    regions: regions_lib.Regions = (),
 ) -> dict[str, Any]:
     """One case's per-case row entries ``hd95``, ``assd`` (mm) and ``surface`` (its status).
 
@@ -168,21 +204,17 @@ def case_surface(
       num_classes: ``K`` including background (1 or 2 for binary).
       connectivity: see ``surface_voxels``.
       percentile: the Hausdorff percentile.
+      regions: ``data.regions``: score these label regions instead of classes.
 
     Returns:
       ``{"hd95": float, "assd": float, "surface": "ok" | "one_empty" | "both_empty"}``.
     """
     pred, ref = np.asarray(pred), np.asarray(ref)
-    classes = [1] if num_classes <= 2 else list(range(1, num_classes))
-    values = []
-    for c in classes:
-        p = pred != 0 if num_classes <= 2 else pred == c
-        r = ref != 0 if num_classes <= 2 else ref == c
-        values.append(
-            distance_metrics(p, r, spacing, percentile=percentile, connectivity=connectivity)
-        )
-    hd = np.array([v["hd95"] for v in values])
-    return case_surface_from_classes(hd, np.array([v["assd"] for v in values]))
+    masks = [
+        regions_lib.class_masks(x, num_classes=num_classes, regions=regions) for x in (pred, ref)
+    ]
+    d = class_distances(*masks, spacing, connectivity=connectivity, percentile=percentile)
+    return case_surface_from_classes(d["hd95"], d["assd"])
 
 
 def case_surface_from_classes(hd95: npt.ArrayLike, assd: npt.ArrayLike) -> dict[str, Any]:

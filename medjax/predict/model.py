@@ -146,12 +146,12 @@ def check_ensemble(members: Sequence[Member]) -> None:
             )
 
 
-def probabilities(logits: np.ndarray) -> np.ndarray:
-    """Logits ``[..., K]`` -> probabilities ``float32[..., K]`` (sigmoid for K == 1, else
-    softmax), computed in float32 on the host."""
+def probabilities(logits: np.ndarray, sigmoid: bool = False) -> np.ndarray:
+    """Logits ``[..., K]`` -> probabilities ``float32[..., K]`` (sigmoid for K == 1 or, with
+    ``sigmoid``, per channel as region runs train; else softmax), in float32 on the host."""
     from scipy import special
 
     x = np.asarray(logits, np.float32)
-    if x.shape[-1] == 1:
+    if x.shape[-1] == 1 or sigmoid:
         return special.expit(x).astype(np.float32, copy=False)
     return special.softmax(x, axis=-1).astype(np.float32, copy=False)

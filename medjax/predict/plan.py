@@ -60,6 +60,12 @@ def make_plan(
     k = _num_classes(config)
     # K == 1 is a sigmoid head: label values 0 and 1; K > 1 softmax: label value == class index.
     values = [0, 1] if k == 1 else list(range(k))
+    from medjax.metrics import regions as region_lib
+
+    regions = region_lib.parse(config.data.get("regions", ()))
+    if regions:  # a sigmoid per label region, painted into these values (metrics.regions)
+        values = [0, *region_lib.region_labels(regions)]
+        class_names = class_names or ["background"] + [f"class {v}" for v in values[1:]]
     return {
         "version": PLAN_VERSION,
         "task": str(config.task),
@@ -69,6 +75,7 @@ def make_plan(
         "channels": None if channels is None else int(channels),
         "num_classes": k,
         "label_values": values,
+        "regions": [list(r) for r in regions],
         "label_names": list(class_names) if class_names else label_names(k),
         "inference": {
             "step_fraction": float(config.eval.step_fraction),

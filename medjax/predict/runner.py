@@ -136,7 +136,7 @@ def write_case(
                     labels.with_array(array),
                     case.files,
                     os.path.join(output, f"{case.id}.seg.dcm"),
-                    num_classes=max(int(plan["num_classes"]), 2),
+                    num_classes=max(len(plan["label_values"]), 2),
                     segment_labels=list(plan["label_names"][1:]),
                     model_name=model_name,
                 )

@@ -104,31 +104,39 @@ def _host_is_device(mesh: Any) -> bool:
     return all(d.platform == "cpu" for d in devices)
 
 
-def labels_from_logits(logits: np.ndarray) -> np.ndarray:
-    """``[*S, K]`` logits -> ``uint8[*S]`` (logit > 0 for K == 1, else argmax), as evaluation."""
-    if logits.shape[-1] == 1:
-        return (logits[..., 0] > 0).astype(np.uint8)
-    return np.argmax(logits, axis=-1).astype(np.uint8)
+def labels_from_logits(logits: np.ndarray, regions: Sequence[Sequence[int]] = ()) -> np.ndarray:
+    """``[*S, K]`` logits -> ``uint8[*S]`` (logit > 0 for K == 1, else argmax; a region run's
+    sigmoids painted as ``metrics.regions``), as evaluation."""
+    from medjax.metrics import regions as region_lib
+
+    return region_lib.labels_from_logits(logits, _regions(regions)).astype(np.uint8)
 
 
-def labels_from_probabilities(probs: np.ndarray) -> np.ndarray:
-    """``[*S, K]`` probabilities -> ``uint8[*S]`` (p > 0.5 for K == 1, else argmax)."""
-    if probs.shape[-1] == 1:
-        return (probs[..., 0] > 0.5).astype(np.uint8)
-    return np.argmax(probs, axis=-1).astype(np.uint8)
+def labels_from_probabilities(
+    probs: np.ndarray, regions: Sequence[Sequence[int]] = ()
+) -> np.ndarray:
+    """``[*S, K]`` probabilities -> ``uint8[*S]`` (p > 0.5 for K == 1 and per region, else
+    argmax): ``labels_from_logits`` of ``p - 0.5``, whose sign is the logit's."""
+    return labels_from_logits(np.asarray(probs) - np.float32(0.5), regions)
 
 
-def _max_foreground(probs: np.ndarray) -> float:
+def _regions(regions: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(v) for v in r) for r in regions)
+
+
+def _max_foreground(probs: np.ndarray, regions: Sequence[Sequence[int]] = ()) -> float:
+    if regions:  # one sigmoid per region, no background channel
+        return float(probs.max()) if probs.size else 0.0
     fg = probs[..., 0] if probs.shape[-1] == 1 else probs[..., 1:]
     return float(fg.max()) if fg.size else 0.0
 
 
-def max_foreground_from_logits(logits: np.ndarray) -> float:
+def max_foreground_from_logits(logits: np.ndarray, regions: Sequence[Sequence[int]] = ()) -> float:
     """The highest foreground probability of ``[*S, K]`` logits, without a probability map:
-    sigmoid of the largest logit for K == 1 (monotone), else softmax slab by slab."""
+    sigmoid of the largest logit for K == 1 or regions (monotone), else softmax slab by slab."""
     if logits.size == 0:
         return 0.0
-    if logits.shape[-1] == 1:
+    if logits.shape[-1] == 1 or regions:
         return float(model_lib.probabilities(np.asarray([logits.max()], np.float32))[0])
     return max(
         _max_foreground(model_lib.probabilities(logits[i : i + 16]))
@@ -175,27 +183,30 @@ def predict_case(
             inputs[key] = _preprocess(member, image, where)
         keys.append(key)
     del image
+    regions = members[0].plan.get("regions", [])  # a region run: one sigmoid per region
+    sigmoid = bool(regions)
     if len(members) == 1:
         array, props = inputs.pop(keys[0])
         logits = _logits(members[0], array, mirror_axes)
         del array
-        labels = pp.invert_prediction(labels_from_logits(logits), props)
-        max_p = max_foreground_from_logits(logits)
+        labels = pp.invert_prediction(labels_from_logits(logits, regions), props)
+        max_p = max_foreground_from_logits(logits, regions)
         prob_vol = None
         if keep_probabilities:
-            prob_vol = pp.invert_prediction(model_lib.probabilities(logits), props)
+            prob_vol = pp.invert_prediction(model_lib.probabilities(logits, sigmoid), props)
         return CaseResult(labels, prob_vol, max_p)
     total: np.ndarray | None = None
     for member, key in zip(members, keys, strict=True):
         array, props = inputs[key]
         logits = _logits(member, array, mirror_axes)
-        vol = pp.invert_prediction(model_lib.probabilities(logits), props)
+        vol = pp.invert_prediction(model_lib.probabilities(logits, sigmoid), props)
         del logits
         total = np.asarray(vol.array, np.float32) if total is None else total + vol.array
     mean = total / np.float32(len(members))
     prob_vol = vol.with_array(mean)
-    labels = prob_vol.with_array(labels_from_probabilities(mean))
-    return CaseResult(labels, prob_vol if keep_probabilities else None, _max_foreground(mean))
+    labels = prob_vol.with_array(labels_from_probabilities(mean, regions))
+    max_p = _max_foreground(mean, regions)
+    return CaseResult(labels, prob_vol if keep_probabilities else None, max_p)
 
 
 # --- post-processing and statistics ------------------------------------------------------------

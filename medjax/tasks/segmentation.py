@@ -16,6 +16,7 @@ import numpy as np
 from medjax import errors, registry
 from medjax.data import pipeline
 from medjax.evaluate import segmentation as seg_eval
+from medjax.metrics import regions as region_lib
 from medjax.metrics import surface
 from medjax.models import spec as model_spec
 from medjax.tasks import base
@@ -31,6 +32,12 @@ class SegmentationTask:
         self.config = config
         seg_eval.check_blend(config.eval.get("blend", "auto"))  # before hours of training
         surface.check_connectivity(config.eval.get("surface_connectivity", "face"))
+        # Classes or label regions (data.regions): checked before the data is built.
+        self.regions = region_lib.parse(config.data.get("regions", ()))
+        region_lib.check(self.regions, model_spec.num_classes(config))
+        self.scored_names = region_lib.names(
+            model_spec.num_classes(config), self.regions, config.data.get("class_names", ())
+        )
         self.data = pipeline.prepare_data(config)
         channels = {e["channels"] for split in self.data.splits.values() for e in split}
         if len(channels) != 1:
@@ -63,7 +70,9 @@ class SegmentationTask:
             return step_lib.predict_logits(state, image, precision=precision)
 
         mirror_axes = tuple(self.config.eval.mirror_axes)
-        step = step_lib.make_eval_step(loss_fn, precision=precision, mirror_axes=mirror_axes)
+        step = step_lib.make_eval_step(
+            loss_fn, precision=precision, mirror_axes=mirror_axes, regions=self.regions
+        )
         return {"step": step, "logits": logits}
 
     def evaluation(
@@ -85,6 +94,8 @@ class SegmentationTask:
                 spacings=spacings,
                 num_classes=num_classes,
                 connectivity=connectivity,
+                regions=self.regions,
+                class_names=self.scored_names,
             )
         return seg_eval.VolumeEvaluation(
             source,
@@ -96,6 +107,8 @@ class SegmentationTask:
             blend=self.config.eval.get("blend", "auto"),
             keep_predictions=keep_predictions,
             connectivity=connectivity,
+            regions=self.regions,
+            class_names=self.scored_names,
         )
 
     def describe(self) -> str:
@@ -141,8 +154,14 @@ class SegmentationTask:
                         entry,
                         out_dir,
                         model_name=self.config.model.name,
-                        num_classes=model_spec.num_classes(self.config),
+                        num_classes=self._label_classes(),
                     )
+
+    def _label_classes(self) -> int:
+        """Label values ``0..n-1`` the written label maps can hold (regions paint their own)."""
+        if self.regions:
+            return max(region_lib.region_labels(self.regions)) + 1
+        return model_spec.num_classes(self.config)
 
 
 @registry.register("tasks.segmentation")

@@ -27,6 +27,8 @@ from medjax.augment import compose as augment_lib
 from medjax.data import pipeline
 from medjax.evaluate import runner
 from medjax.losses import compound
+from medjax.losses import regions as region_loss
+from medjax.metrics import regions as region_lib
 from medjax.models import spec as model_spec
 from medjax.tasks import base
 from medjax.tracking import system
@@ -55,6 +57,9 @@ def build_loss(config: ml_collections.ConfigDict, *, train: bool = True):
     With ``train=False`` it is never wrapped: evaluation sees only the full-resolution logits.
     """
     loss_fn = registry.lookup("losses", config.loss.name, **config.loss.kwargs.to_dict())
+    regions = region_lib.parse(config.data.get("regions", ()))
+    if regions:  # a sigmoid per label region (losses.regions)
+        loss_fn = region_loss.with_regions(loss_fn, regions)
     if not (train and model_spec.deep_supervision(config)):
         return loss_fn
     weights = tuple(float(w) for w in config.loss.deep_supervision_weights)

@@ -15,6 +15,7 @@ import optax
 from medjax.augment import compose as augment_lib
 from medjax.evaluate import sliding_window
 from medjax.metrics import confusion
+from medjax.metrics import regions as regions_lib
 from medjax.train import optim
 from medjax.train import state as state_lib
 
@@ -160,14 +161,19 @@ def make_train_step(
 
 
 def make_eval_step(
-    loss_fn: LossFn, *, precision: str = "float32", mirror_axes: tuple[int, ...] = ()
+    loss_fn: LossFn,
+    *,
+    precision: str = "float32",
+    mirror_axes: tuple[int, ...] = (),
+    regions: tuple[tuple[int, ...], ...] = (),
 ) -> Callable[[state_lib.TrainState, Batch], dict[str, jax.Array]]:
     """Builds ``eval_step(state, batch) -> outputs`` for whole-image evaluation.
 
     Returns per-example ``loss [B]``, confusion counts ``tp/fp/fn/tn [B, K']`` (padding rows
     zeroed by ``batch["valid"]``) and the predicted label map ``pred int32[B, *spatial]``.
     ``mirror_axes`` (``eval.mirror_axes``): mirroring TTA, logits averaged over the flips as on
-    the sliding-window path (``sliding_window.mirror_logits``).
+    the sliding-window path (``sliding_window.mirror_logits``). ``regions`` (``data.regions``):
+    one sigmoid per label region, counted per region, ``pred`` painted as ``metrics.regions``.
     """
 
     def eval_step(state: state_lib.TrainState, batch: Batch) -> dict[str, jax.Array]:
@@ -175,9 +181,9 @@ def make_eval_step(
             lambda x: predict_logits(state, x, precision=precision), batch["image"], mirror_axes
         )
         valid = batch["valid"]
-        out = confusion.per_example_counts(logits, batch["label"], valid=valid)
+        out = confusion.per_example_counts(logits, batch["label"], valid=valid, regions=regions)
         out["loss"] = jnp.where(valid, loss_fn(logits, batch["label"]), 0.0)
-        out["pred"] = predict_labels(logits)
+        out["pred"] = regions_lib.labels_from_logits(logits, regions)
         return out
 
     return eval_step
@@ -216,7 +222,6 @@ def predict_logits(state: state_lib.TrainState, image: jax.Array, *, precision: 
 
 
 def predict_labels(logits: jax.Array) -> jax.Array:
-    """Logits ``[B, *spatial, K]`` -> label map ``int32[B, *spatial]`` (sigmoid > 0.5 for K=1)."""
-    if logits.shape[-1] == 1:
-        return (logits[..., 0] > 0).astype(jnp.int32)
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    """Logits ``[B, *spatial, K]`` -> label map ``int32[B, *spatial]`` (sigmoid > 0.5 for K=1;
+    ``metrics.regions.labels_from_logits``, which also paints label regions)."""
+    return regions_lib.labels_from_logits(logits)

@@ -238,3 +238,25 @@ def test_tiny_config_preprocesses_to_the_patch_size(tmp_path):
         assert lab.shape == tuple(config.data.patch_size)
         np.testing.assert_allclose(props["spacing_mm"], config.data.preprocess.target_spacing_mm)
         assert abs(float(arr.mean())) < 0.1  # z-scored (then resampled)
+
+
+def test_cord_lesion_labels_add_the_cord_to_the_same_volumes(tmp_path):
+    # One case generated both ways from the same seed: the image is identical, the lesion
+    # (label 2) is exactly the binary variant's mask, and it lies inside the labelled cord.
+    binary = synthetic3d.make_case(np.random.default_rng([3, 0, 1]), shape=(8, 24, 24))
+    multi = synthetic3d.make_case(
+        np.random.default_rng([3, 0, 1]), shape=(8, 24, 24), cord_label=True
+    )
+    np.testing.assert_array_equal(multi.image.array, binary.image.array)
+    labels = np.asarray(multi.label.array)
+    assert set(np.unique(labels).tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(labels == 2, np.asarray(binary.label.array) == 1)
+    assert (labels == 1).sum() > 0 and (labels == 2).sum() > 0
+    root = tmp_path / "mc"
+    root.mkdir()
+    synthetic3d.make_lesion3d(
+        str(root), num_train=1, num_val=0, num_test=0, shape=(8, 24, 24), labels="cord_lesion"
+    )
+    assert _info(str(root))["labels"] == {"0": "background", "1": "cord", "2": "lesion"}
+    with pytest.raises(ValueError, match="labels='tumour'"):
+        synthetic3d.make_lesion3d(str(root), labels="tumour")
