@@ -195,9 +195,18 @@ def choose_postprocessing(config: ml_collections.ConfigDict, workdir: str) -> di
     With ``data.fold="all"`` on the out-of-fold validation predictions of every fold (each
     from its own best checkpoint), else on the validation split of the run in ``workdir``.
     Classes: 1 for a binary model (``model.num_classes=1``), else ``1..num_classes-1``.
+
+    Raises:
+      ConfigError: a region run (``data.regions``): its overlapping regions are no label map to
+        clean component by component, so eval and predict never apply a choice to it.
     """
     from medjax.plan import postprocessing
 
+    if config.data.get("regions"):
+        raise errors.ConfigError(
+            "--mode=choose_postprocessing: data.regions is set; post-processing applies to "
+            "label maps of plain classes only (eval and predict skip it for region runs)."
+        )
     if splits_lib.active_fold(config) == "all":
         runs = [
             (fold_config(config, k), fold_dir(workdir, k))

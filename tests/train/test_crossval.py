@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from medjax import errors
 from medjax.data import pipeline
 from medjax.plan import postprocessing
 from medjax.testing import configs
@@ -57,3 +58,11 @@ def test_fold_all_trains_each_fold_and_summarizes(tmp_path):
     config.data.fold = "1"
     data = pipeline.prepare_data(config)
     assert {e["id"] for e in data.splits["val"]} == vals[1]
+
+
+def test_choose_postprocessing_refuses_region_runs(tmp_path):
+    config = configs.load_config("unet3d", "tiny,regions")
+    assert config.data.regions  # the overlapping regions ((1, 2), (2,))
+    with pytest.raises(errors.ConfigError, match="data.regions"):
+        crossval.choose_postprocessing(config, str(tmp_path))
+    assert not os.listdir(tmp_path)  # refused before anything was read or written
