@@ -1,9 +1,10 @@
-"""Loader worker processes that never outlive the process that started them.
+"""Worker processes (Grain loaders, preprocessing pools) that never outlive their parent.
 
 A spawn worker blocks on its queues for ever once its parent is gone (it holds both ends of
 every pipe, so it never reads end-of-file): after a SIGKILL of ``launch.py`` its Grain workers
-stayed alive with parent 1. Each worker therefore runs ``exit_with_parent``: a daemon thread
-that polls the worker's parent pid and kills the worker once it changes.
+stayed alive with parent 1, and so did a ``ProcessPoolExecutor``'s. Each worker therefore runs
+``exit_with_parent``: a daemon thread that polls the worker's parent pid and kills the worker
+once it changes.
 
 ``prctl(PR_SET_PDEATHSIG)`` does not do: it fires when the *thread* that started the worker
 exits, and Grain starts its workers from prefetch threads that it replaces while the workers
@@ -13,7 +14,9 @@ the trainer hung.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import multiprocessing
 import os
 import signal
 import threading
@@ -52,4 +55,17 @@ def mp_prefetch(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
     return ds.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=num_workers),
         worker_init_fn=functools.partial(exit_with_parent, os.getpid()),
+    )
+
+
+def process_pool(max_workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A pool of ``max_workers`` spawn processes that exit when this process dies.
+
+    Spawn, not fork: the parent may hold JAX or thread pools that a fork would copy.
+    """
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
     )
