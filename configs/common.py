@@ -192,7 +192,8 @@ def base_config() -> ml_collections.ConfigDict:
     # background: MONAI's and medpy's convention) or "full" (26 / 8 neighbours, reads lower).
     c.eval.surface_connectivity = "face"
     # Where sliding-window predictions are blended: "auto" (on the device when the volume and
-    # accumulators fit a quarter of its memory, else on the host), "device" or "host".
+    # accumulators fit a quarter of its memory, 256 MiB on a CPU backend, else on the host),
+    # "device" or "host".
     c.eval.blend = "auto"
     # Apply the run's post-processing (<workdir>/postprocessing.json from
     # --mode=choose_postprocessing; a fold_<k> run: its cross-validation's) when there is one:

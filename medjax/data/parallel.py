@@ -7,10 +7,10 @@ seconds to start).
 from __future__ import annotations
 
 import concurrent.futures
-import multiprocessing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from medjax.data import workers
 from medjax.data.progress import Progress
 
 
@@ -29,8 +29,7 @@ class Runner:
         progress = Progress(len(jobs), name)
         if self.workers > 0 and len(jobs) > 1:
             if self._pool is None:
-                ctx = multiprocessing.get_context("spawn")  # fork after jax starts threads: unsafe
-                self._pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=ctx)
+                self._pool = workers.process_pool(self.workers)  # spawn; exits with us
             futures = [self._pool.submit(fn, *job) for job in jobs]
             for _ in concurrent.futures.as_completed(futures):
                 progress.update()

@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags
 
 from medjax import errors, registry
-from medjax.data import case_ids, progress, sampling, sources, store, synthetic, transforms
+from medjax.data import case_ids, progress, sampling, sources, store, synthetic, transforms, workers
 from medjax.data import splits as splits_lib
 
 
@@ -218,7 +218,7 @@ def make_train_dataset(
     ds = ds.map_with_index(load).to_iter_dataset(options)
     if num_workers > 0:
         _ensure_absl_flags()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        ds = workers.mp_prefetch(ds, num_workers)  # workers exit with this process
     return ds
 
 
@@ -280,7 +280,7 @@ def make_sample_dataset(
     ds = ds.to_iter_dataset(read_options(num_workers, read_threads, prefetch_batches))
     if num_workers > 0:
         _ensure_absl_flags()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        ds = workers.mp_prefetch(ds, num_workers)  # workers exit with this process
     return ds
 
 

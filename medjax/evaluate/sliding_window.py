@@ -164,7 +164,12 @@ def mirror_logits(
 # fraction of the device's memory (the rest is for the model's activations and the window
 # batches in flight) ...
 _DEVICE_MEMORY_FRACTION = 0.25
-# ... or, where the device reports no memory limit (CPU: memory_stats() is None), this many bytes.
+# ... or, on a CPU backend, this many bytes: there the "device" is this host's memory, so the
+# device path holds a second copy of the volume and of the result (a CT of 300x512x512 float32
+# is 315 MB a copy), while host blending holds them once. 256 MiB is a 64 MiB one-channel
+# volume with two classes; below it the device path is as fast ...
+_CPU_BUDGET_BYTES = 256 * 1024**2
+# ... or, where another kind of device reports no memory limit, this many bytes.
 _NO_LIMIT_BUDGET_BYTES = 2 * 1024**3
 
 Blend = Literal["device", "host", "auto"]
@@ -184,6 +189,8 @@ def _resolve_blend(blend: str, nbytes: int, device: jax.Device) -> str:
         return blend
     if jax.process_count() > 1:
         return "host"  # the device path is untested across processes
+    if getattr(device, "platform", None) == "cpu":
+        return "device" if nbytes <= _CPU_BUDGET_BYTES else "host"
     stats = device.memory_stats() or {}
     limit = stats.get("bytes_limit")
     budget = limit * _DEVICE_MEMORY_FRACTION if limit else _NO_LIMIT_BUDGET_BYTES
@@ -226,9 +233,11 @@ def sliding_window_predict(
       are host arrays, so the volume may be larger than device memory. The next batch is
       dispatched before the previous one is read back, so host blending overlaps device compute.
     * ``"auto"`` (default): ``"device"`` when ``padded voxels * (C + K + 1) * 4`` bytes (volume
-      plus accumulators) is at most 1/4 of the device's ``memory_stats()["bytes_limit"]``, or at
-      most 2 GiB where the device reports no limit (CPU); else ``"host"``. Always ``"host"`` with
-      several processes: the device path is written for them but untested there.
+      plus accumulators) is at most 1/4 of the device's ``memory_stats()["bytes_limit"]``; on a
+      CPU backend, at most 256 MiB (the device's memory is the host's: above that, holding the
+      volume twice costs more than device blending saves); at most 2 GiB on another device
+      that reports no limit; else ``"host"``. Always ``"host"`` with several processes: the
+      device path is written for them but untested there.
 
     Both paths make every host<->device copy explicit, so they run under
     ``jax.transfer_guard("disallow")``.

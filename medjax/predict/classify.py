@@ -9,8 +9,6 @@ members' probabilities. ``predictions.csv`` has one row per case: ``case_id``, `
 
 from __future__ import annotations
 
-import csv
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -72,16 +70,8 @@ def predict(
         row["seconds"] = round(time.time() - t0, 3)
         rows.append(row)
         progress.update(case.id)
-    for path, reason in ignored:
-        rows.append({"case_id": "", "source": path, "status": "skipped", "reason": reason})
     fields = ["case_id", "source", "status", "reason", "predicted"]
     fields += [f"p_{n}" for n in names] + ["seconds"]
-    os.makedirs(output, exist_ok=True)
-    path = os.path.join(output, runner.CSV_FILE)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    ok = sum(r["status"] == "ok" for r in rows)
+    path, ok = runner.write_report(output, rows, ignored, fields)
     print(f"medjax: classified {ok} of {len(cases)} case(s); {path}", file=sys.stderr)
     return {"output": output, "csv": path, "ok": ok, "rows": rows}

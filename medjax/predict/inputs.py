@@ -12,28 +12,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
 from typing import Any
 
+from medjax.data import case_ids
 from medjax.data import io as io_lib
 
 # Modalities that never hold an image to segment, even when a file carries Rows (SEG does).
 _NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO"}
 _SIDE_CAR = (".raw", ".zraw", ".json", ".txt", ".csv", ".md")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def safe_case_id(case_id: str) -> str:
-    """A file-name-safe case id: ``[A-Za-z0-9._-]``, no leading dot, at most 100 characters,
-    unchanged when already safe, else with ``-<8 hex of sha1(id)>`` appended, so two ids that
-    differ only in unsafe characters still get different names. (The rule of
-    ``medjax.data.case_ids.safe_case_id``, which this defers to once both are merged.)
-    """
-    safe = _UNSAFE.sub("_", case_id).lstrip(".")
-    if safe == case_id and 0 < len(safe) <= 100:
-        return case_id
-    digest = hashlib.sha1(case_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{safe[:91] or 'case'}-{digest}"
 
 
 @dataclasses.dataclass
@@ -128,7 +114,7 @@ def find_cases(path: str) -> tuple[list[InputCase], list[tuple[str, str]]]:
     for f in files:
         fmt = io_lib.format_of(f)
         if fmt in ("nifti", "itk", "image2d"):
-            cases.append(InputCase(safe_case_id(io_lib.strip_extension(f)), f, fmt))
+            cases.append(InputCase(case_ids.safe_case_id(io_lib.strip_extension(f)), f, fmt))
         elif f.lower().endswith(_SIDE_CAR):
             continue
         else:
@@ -150,5 +136,5 @@ def find_cases(path: str) -> tuple[list[InputCase], list[tuple[str, str]]]:
             number = members[0][1].get("SeriesNumber")
             name += f"_series{number}" if number is not None else f"_{uid[-8:]}"
         source = paths[0] if len(paths) == 1 else folder
-        cases.append(InputCase(safe_case_id(name), source, "dicom", paths, uid))
+        cases.append(InputCase(case_ids.safe_case_id(name), source, "dicom", paths, uid))
     return _unique(cases), ignored

@@ -11,7 +11,6 @@ that are missing or unreadable and candidates outside their scan are listed in
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 import time
@@ -47,6 +46,7 @@ def predict(
     ``predict.input``; writes ``results.csv`` and ``predictions.csv`` into ``output``."""
     from medjax.data.io import itk
     from medjax.data.luna import csvs, cutouts, froc, geometry
+    from medjax.predict import runner
 
     plan = members[0].plan
     luna = plan["luna"]
@@ -89,15 +89,10 @@ def predict(
             print(f"medjax: skipped scan {uid}: {row['reason']}", file=sys.stderr)
         row["seconds"] = round(time.time() - t0, 3)
         rows.append(row)
-    os.makedirs(output, exist_ok=True)
+    fields = ["seriesuid", "source", "status", "reason", "candidates", "outside", "seconds"]
+    _, ok = runner.write_report(output, rows, [], fields)
     results_path = os.path.join(output, "results.csv")
     froc.write_results_csv(results_path, results)
-    fields = ["seriesuid", "source", "status", "reason", "candidates", "outside", "seconds"]
-    with open(os.path.join(output, "predictions.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    ok = sum(r["status"] == "ok" for r in rows)
     print(
         f"medjax: {len(results)} candidate(s) of {ok} scan(s) into {results_path}",
         file=sys.stderr,

@@ -181,6 +181,35 @@ def _fieldnames(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return [n for n in names if n not in tail] + tail
 
 
+def write_report(
+    output: str,
+    rows: list[dict[str, Any]],
+    ignored: Sequence[tuple[str, str]],
+    fields: Sequence[str] | None = None,
+) -> tuple[str, int]:
+    """Writes ``<output>/predictions.csv``: ``rows`` (one per case), then a skipped row per
+    ignored file (appended to ``rows``).
+
+    Args:
+      output: the output folder (created if missing).
+      rows: one dict per case (or scan) with at least ``status`` ("ok" or "skipped").
+      ignored: ``(path, reason)`` of each input file that was no case.
+      fields: the CSV columns; default: the usual first ones, then every key of ``rows``.
+
+    Returns:
+      ``(csv path, number of rows with status "ok")``.
+    """
+    for path, reason in ignored:
+        rows.append({"case_id": "", "source": path, "status": "skipped", "reason": reason})
+    os.makedirs(output, exist_ok=True)
+    csv_path = os.path.join(output, CSV_FILE)
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields or _fieldnames(rows), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return csv_path, sum(r["status"] == "ok" for r in rows)
+
+
 def run_segmentation(
     members: Sequence[model_lib.Member], pcfg: ml_collections.ConfigDict, output: str
 ) -> dict[str, Any]:
@@ -235,14 +264,7 @@ def run_segmentation(
         row["seconds"] = round(time.time() - t0, 3)
         rows.append(row)
         progress.update(case.id)
-    for path, reason in ignored:
-        rows.append({"case_id": "", "source": path, "status": "skipped", "reason": reason})
-    csv_path = os.path.join(output, CSV_FILE)
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=_fieldnames(rows), restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    ok = sum(r["status"] == "ok" for r in rows)
+    csv_path, ok = write_report(output, rows, ignored)
     print(
         f"medjax: predicted {ok} of {len(cases)} case(s) into {output}; "
         f"{len(rows) - ok} skipped (reasons in {csv_path})",

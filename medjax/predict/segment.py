@@ -74,11 +74,6 @@ def _logits(
     plan = member.plan
     inference = plan["inference"]
     axes = inference["mirror_axes"] if mirror_axes is None else mirror_axes
-    blend = inference["blend"]
-    if blend == "auto" and _host_is_device(member.mesh):
-        # On a CPU backend the "device" is this host's memory: device blending would hold the
-        # volume twice (a CT: 300x512x512 float32 is 315 MB a copy); host blending holds it once.
-        blend = "host" if array.size * 4 > _CPU_DEVICE_BLEND_BYTES else blend
     return sliding_window.sliding_window_predict(
         member.logits,
         array,
@@ -88,20 +83,8 @@ def _logits(
         batch_size=inference["batch_size"],
         mirror_axes=tuple(int(a) for a in axes),
         mesh=member.mesh,
-        blend=blend,
+        blend=inference["blend"],  # "auto": host blending for large volumes on a CPU backend
     )
-
-
-# Volumes above this many float32 bytes are blended on the host when the backend is the CPU
-# (below it the device path is as fast and keeps evaluation's choice: predict == eval).
-_CPU_DEVICE_BLEND_BYTES = 64 * 1024**2
-
-
-def _host_is_device(mesh: Any) -> bool:
-    import jax
-
-    devices = list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
-    return all(d.platform == "cpu" for d in devices)
 
 
 def labels_from_logits(logits: np.ndarray, regions: Sequence[Sequence[int]] = ()) -> np.ndarray:

@@ -8,7 +8,7 @@ paths apply the mirroring TTA (``eval.mirror_axes``) and report HD95/ASSD in mm.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -21,6 +21,39 @@ from medjax.metrics import surface
 from medjax.models import spec as model_spec
 from medjax.tasks import base
 from medjax.train import step as step_lib
+
+
+def check_patch_size(patch_size: Sequence[int], shapes: Sequence[Sequence[int]]) -> None:
+    """Refuses a patch that has the wrong number of axes or dwarfs every training case.
+
+    A case smaller than the patch is padded with zeros (nnU-Net does the same, and its planner
+    rounds a patch up to what the UNet can pool), so a patch may exceed some cases. A patch
+    axis at least twice the largest case's would make every patch mostly padding, costing the
+    memory of the whole patch for nothing (a 256^3 patch of 24x64x64 volumes asked for 60 GB).
+
+    Args:
+      patch_size: ``data.patch_size``, spatial ``(H, W)`` or ``(D, H, W)``.
+      shapes: spatial shape of each training case (preprocessed).
+
+    Raises:
+      ConfigError: naming ``data.patch_size``, the largest case and the largest patch to use.
+    """
+    patch = tuple(int(p) for p in patch_size)
+    if not shapes:
+        return
+    ndims = {len(s) for s in shapes}
+    if ndims != {len(patch)}:
+        raise errors.ConfigError(
+            f"data.patch_size={patch} has {len(patch)} axes but the training cases have "
+            f"{sorted(ndims)}: give one size per spatial axis."
+        )
+    largest = tuple(int(m) for m in np.max(np.asarray(shapes), axis=0))
+    if any(p >= 2 * m for p, m in zip(patch, largest, strict=True)):
+        raise errors.ConfigError(
+            f"data.patch_size={patch} is larger than every training case (largest, per axis: "
+            f"{largest}): each patch would be mostly zero padding. Use at most {largest} per "
+            f"axis, e.g. --config.data.patch_size='{largest}'."
+        )
 
 
 class SegmentationTask:
@@ -44,6 +77,9 @@ class SegmentationTask:
             raise errors.DataError(f"Cases disagree on the number of channels: {sorted(channels)}.")
         self.channels = channels.pop()
         self.patch_size = tuple(config.data.patch_size)
+        check_patch_size(
+            self.patch_size, [e["shape"] for e in self.data.splits[config.data.train_split]]
+        )
         self.num_train = len(self.data.source(config.data.train_split))
 
     def input_shape(self) -> tuple[int, ...]:

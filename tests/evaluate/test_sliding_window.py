@@ -403,8 +403,9 @@ def test_auto_picks_device_when_small_and_host_when_too_large(monkeypatch):
     kwargs = dict(tile_size=(8, 8), num_classes=1)
     out = sw.sliding_window_predict(_identity, image, **kwargs)
     assert chosen == ["predict_device"]
-    # 12 * 10 voxels * (1 + 1 + 1) channels * 4 bytes = 1440 bytes: over a 1000-byte budget.
-    monkeypatch.setattr(sw, "_NO_LIMIT_BUDGET_BYTES", 1000)
+    # 12 * 10 voxels * (1 + 1 + 1) channels * 4 bytes = 1440 bytes: over a 1000-byte budget
+    # (the tests run on the CPU backend).
+    monkeypatch.setattr(sw, "_CPU_BUDGET_BYTES", 1000)
     out_host = sw.sliding_window_predict(_identity, image, **kwargs)
     assert chosen == ["predict_device", "predict_host"]
     np.testing.assert_allclose(out, out_host, rtol=1e-6)
@@ -422,6 +423,34 @@ def test_auto_uses_a_quarter_of_the_reported_device_memory():
     assert sw._device_path_bytes((10, 20, 30), 1, 3) == 6000 * 5 * 4
     with pytest.raises(ValueError, match="blend"):
         sw._resolve_blend("gpu", 1, FakeGpu())
+
+
+def test_auto_on_a_cpu_backend_blends_large_volumes_on_the_host():
+    """On CPU the device's memory is the host's: above 256 MiB (a 64 MiB one-channel volume with
+    two classes) device blending would hold a second copy, so ``auto`` blends on the host, for
+    evaluation and prediction alike."""
+
+    class FakeCpu:
+        platform = "cpu"
+
+        def memory_stats(self):
+            return None
+
+    class FakeGpuWithoutLimit:
+        platform = "gpu"
+
+        def memory_stats(self):
+            return None
+
+    volume = (256, 256, 256)  # 64 MiB as float32
+    assert sw._device_path_bytes(volume, 1, 2) == 256 * 1024**2
+    assert sw._resolve_blend("auto", sw._device_path_bytes(volume, 1, 2), FakeCpu()) == "device"
+    assert sw._resolve_blend("auto", sw._device_path_bytes(volume, 1, 3), FakeCpu()) == "host"
+    assert sw._resolve_blend("device", 10**12, FakeCpu()) == "device"  # asked for explicitly
+    assert sw._resolve_blend("auto", 2 * 1024**3, FakeGpuWithoutLimit()) == "device"
+    assert sw._resolve_blend("auto", 2 * 1024**3 + 1, FakeGpuWithoutLimit()) == "host"
+    assert jax.devices()[0].platform == "cpu"
+    assert sw._resolve_blend("auto", 256 * 1024**2 + 1, jax.devices()[0]) == "host"
 
 
 def test_device_blend_as_segmentation_eval_calls_it():

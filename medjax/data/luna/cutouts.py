@@ -20,9 +20,7 @@ Every file is written under a temporary name and renamed into place.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import multiprocessing
 import os
 import pathlib
 import shutil
@@ -32,6 +30,7 @@ import numpy as np
 from absl import logging
 
 from medjax import errors
+from medjax.data import workers as workers_lib
 from medjax.data.io import itk
 from medjax.data.io import volume as volume_lib
 from medjax.data.luna import csvs, cutout_files, geometry
@@ -243,11 +242,8 @@ def build_cutout_store(
 
     bar = cutout_files.Progress(len(tasks), progress)
     if workers > 1 and len(tasks) > 1:
-        # Spawn, not fork: the parent may hold JAX / thread pools that fork would copy.
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(
-            max_workers=min(workers, len(tasks)), mp_context=context
-        ) as pool:
+        # Spawn workers that exit if this process is killed.
+        with workers_lib.process_pool(min(workers, len(tasks))) as pool:
             for rec in pool.map(_process_scan, tasks):
                 records[rec["seriesuid"]] = {**rec, "source": "new"}
                 bar.update()
