@@ -13,8 +13,9 @@ train/val/test split, and the recipe of the medjax config translated term by ter
 * optimiser and schedule: ``torch.optim.Adam`` (same lr, betas, eps) with a ``LambdaLR`` of
   optax's ``warmup_cosine_decay_schedule`` (linear warmup from 0, cosine to 0 at the last step);
 * data: shuffled epochs of the training cases, batch ``train.batch_size``, one patch per case
-  by ``RandCropByPosNegLabeld`` with ``pos:neg = fg_oversample : 1 - fg_oversample`` (medjax
-  forces foreground in exactly that share of each batch; MONAI draws it per sample);
+  by ``RandCropByPosNegLabeld`` with ``pos = round(fg_oversample * B) / B`` (medjax forces
+  foreground in exactly that many rows of each batch, e.g. 1 of 2 for ``1/3`` at batch 2;
+  MONAI draws it per sample);
 * augmentation: MONAI's nearest equivalents of the config's ops (``_augmentations``);
 * evaluation: ``sliding_window_inference`` with Gaussian blending at the same overlap, scored by
   medjax's own evaluation accumulator, so both sides share one metric code.
@@ -201,8 +202,10 @@ def train_and_evaluate(config: Any, task: Any, total_steps: int, val_every_steps
     seed = int(config.seed)
     monai.utils.set_determinism(seed=seed)
     torch.set_num_threads(os.cpu_count() or 1)
-    fg = float(config.data.fg_oversample)
-    pos, neg = (fg, 1.0 - fg) if 0.0 < fg < 1.0 else ((1.0, 0.0) if fg >= 1.0 else (0.0, 1.0))
+    # medjax forces foreground in round(fg_oversample * B) rows of each batch: that share.
+    batch = int(config.train.batch_size)
+    fg = round(float(config.data.fg_oversample) * batch) / batch
+    pos, neg = fg, 1.0 - fg
     transforms = mt.Compose(
         [
             mt.RandCropByPosNegLabeld(
