@@ -1,7 +1,8 @@
 r"""Accuracy side by side: medjax and a MONAI pipeline, same data, same recipe (issue 17, item 6).
 
     python benchmarks/accuracy.py [--config=configs/unet3d.py] [--steps=400] [--seeds=0,1,2]
-        [--only=medjax|monai] [--out=benchmarks/results.jsonl] [--dry_run]
+        [--only=medjax|monai] [--set=optim.lr=1e-3 ...] [--out=benchmarks/results.jsonl]
+        [--dry_run]
 
 Trains medjax through its own trainer (``train.loop.train_and_evaluate``, as ``launch.py``
 does: validation, best checkpoint by ``val/dice``, then the test split) and, beside it, the same
@@ -23,6 +24,7 @@ Needs ``pip install -e ".[bench]"`` for the MONAI side; without it that side is 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import os
 import shutil
@@ -52,8 +54,28 @@ COLUMNS = (
 )
 
 
-def recipe(config_arg: str, steps: int, seed: int) -> tuple[Any, int, int]:
-    """The config of one run: ``config_arg``'s, ``steps`` rounded to epochs, ``seed``.
+def _override(config: Any, assignment: str) -> None:
+    """``"optim.lr=1e-3"`` -> ``config.optim.lr = 1e-3`` (a Python literal, else a string)."""
+    key, _, text = assignment.partition("=")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    *parents, leaf = key.strip().split(".")
+    node = config
+    for name in parents:
+        node = getattr(node, name)
+    # ``*.kwargs`` sections are free-form (a component's options); elsewhere a typo fails.
+    if not hasattr(node, leaf) and parents[-1:] != ["kwargs"]:
+        raise SystemExit(f"--set {assignment!r}: the config has no key {key!r}")
+    setattr(node, leaf, value)
+
+
+def recipe(
+    config_arg: str, steps: int, seed: int, overrides: Sequence[str] = ()
+) -> tuple[Any, int, int]:
+    """The config of one run: ``config_arg``'s with ``overrides`` (``key=value``), ``steps``
+    rounded to epochs, ``seed``.
 
     Returns:
       ``(config, total_steps, val_every_steps)``; validations every quarter of the run.
@@ -63,6 +85,8 @@ def recipe(config_arg: str, steps: int, seed: int) -> tuple[Any, int, int]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config(arg or None)
+    for assignment in overrides:
+        _override(config, assignment)
     config.seed = int(seed)
     num_train = int(config.data.synthetic_kwargs.get("num_train", 0)) or 40
     spe = config.train.steps_per_epoch or max(1, num_train // config.train.batch_size)
@@ -141,6 +165,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=400, help="training steps (whole epochs)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     parser.add_argument("--only", default="", choices=("", "medjax", "monai"))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="config override for both sides, e.g. --set=optim.lr=1e-3 (repeatable)",
+    )
     parser.add_argument("--workdir", default="", help="where the runs' workdirs go (temp)")
     parser.add_argument("--out", default=run_all.RESULTS, help="JSONL file ('' for none)")
     parser.add_argument("--dry_run", action="store_true", help=":tiny for 2 steps (seconds)")
@@ -163,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     workroot = args.workdir or tempfile.mkdtemp(prefix="medjax_accuracy_")
     rows = []
     for seed in seeds:
-        config, total, val_every = recipe(config_arg, steps, seed)
+        config, total, val_every = recipe(config_arg, steps, seed, args.set)
         if args.dry_run:
             config.model.kwargs.depth = 3  # MONAI's DynUNet needs 3 levels; 16x32x32 allows it
         task = segmentation.SegmentationTask(config)
@@ -174,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             else:
                 row = accuracy_monai.train_and_evaluate(config, task, total, val_every)
             row = {"benchmark": "accuracy", "side": side, "seed": seed, "config": config_arg, **row}
+            row["overrides"] = list(args.set)
             row["loadavg"] = os.getloadavg()[0]
             print(f"  {side}: " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
             rows.append(row)

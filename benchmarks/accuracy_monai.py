@@ -5,11 +5,13 @@ train/val/test split, and the recipe of the medjax config translated term by ter
 
 * network: MONAI ``DynUNet`` (nnU-Net's UNet in MONAI) with medjax's widths and depth, 3x3x3
   kernels, instance norm with affine parameters, ReLU, a transposed 2x2x2 convolution with bias
-  to upsample, a 1x1x1 head. The one difference: DynUNet downsamples with a stride-2
+  to upsample, a 1x1x1 head (its bias at ``model.kwargs.head_prior`` when the config sets one,
+  sigmoid heads only). The one difference: DynUNet downsamples with a stride-2
   convolution where medjax's UNet max-pools (so DynUNet has a few more parameters; both counts
   are printed);
-* loss: ``DiceCELoss(sigmoid=True)`` (per-example soft Dice, smooth 1e-5, + binary CE; MONAI
-  uses BCE-with-logits for one channel), weights 1 and 1 as ``losses.dice_ce``;
+* loss: ``DiceCELoss(sigmoid=True)`` (soft Dice, smooth 1e-5, per example or ``batch`` as
+  ``loss.kwargs.dice``, + binary CE: MONAI uses BCE-with-logits for one channel), with the
+  weights of ``losses.dice_ce``;
 * optimiser and schedule: ``torch.optim.Adam`` (same lr, betas, eps) with a ``LambdaLR`` of
   optax's ``warmup_cosine_decay_schedule`` (linear warmup from 0, cosine to 0 at the last step);
 * data: shuffled epochs of the training cases, batch ``train.batch_size``, one patch per case
@@ -232,8 +234,21 @@ def train_and_evaluate(config: Any, task: Any, total_steps: int, val_every_steps
         generator=torch.Generator().manual_seed(seed),
     )
     model = make_network(config)
+    prior = float(config.model.kwargs.get("head_prior", 0.0))
+    if prior:  # medjax's head_prior (segmentation.head), on DynUNet's 1x1 output convolution
+        with torch.no_grad():
+            model.output_block.conv.conv.bias.fill_(math.log(prior / (1.0 - prior)))
     params = sum(p.numel() for p in model.parameters())
-    loss_fn = DiceCELoss(sigmoid=True, lambda_dice=1.0, lambda_ce=1.0, smooth_nr=1e-5)
+    loss_kw = config.loss.kwargs
+    dice_kw = dict(loss_kw.get("dice", None) or {})
+    loss_fn = DiceCELoss(
+        sigmoid=True,
+        lambda_dice=float(loss_kw.get("dice_weight", 1.0)),
+        lambda_ce=float(loss_kw.get("ce_weight", 1.0)),
+        smooth_nr=float(dice_kw.get("smooth_nr", 1e-5)),
+        smooth_dr=float(dice_kw.get("smooth_dr", 1e-5)),
+        batch=bool(dice_kw.get("batch", False)),
+    )
     opt = torch.optim.Adam(
         model.parameters(), lr=config.optim.lr, betas=(config.optim.b1, config.optim.b2)
     )
