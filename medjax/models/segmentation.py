@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -74,9 +75,28 @@ def compute_dtype(dtype: str | None) -> Any:
     return None if dtype is None else jnp.dtype(dtype)
 
 
-def head(out_channels: int, dtype: Any, name: str) -> nn.Module:
-    """The 1x1 conv that turns features into logits (cast to float32 by the caller)."""
-    return nn.Dense(out_channels, dtype=dtype, name=name)
+def head(out_channels: int, dtype: Any, name: str, prior: float = 0.0) -> nn.Module:
+    """The 1x1 conv that turns features into logits (cast to float32 by the caller).
+
+    ``prior`` in (0, 1) starts the predictions at that foreground probability (RetinaNet's
+    prior initialisation of the bias: ``log(prior / (1 - prior))`` for a sigmoid head; for a
+    softmax head, class 0 gets ``log(1 - prior)`` and each other class ``log(prior / (K - 1))``).
+    0: a zero bias (probability 0.5 / uniform).
+    """
+    if not prior:
+        return nn.Dense(out_channels, dtype=dtype, name=name)
+    if not 0.0 < prior < 1.0:
+        raise errors.ConfigError(f"model.kwargs.head_prior={prior!r}: must be in (0, 1), or 0.")
+    if out_channels == 1:
+        bias = [math.log(prior / (1.0 - prior))]
+    else:
+        bias = [math.log(1.0 - prior)] + [math.log(prior / (out_channels - 1))] * (out_channels - 1)
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        del key, shape
+        return jnp.asarray(bias, dtype)
+
+    return nn.Dense(out_channels, dtype=dtype, name=name, bias_init=init)
 
 
 def build(

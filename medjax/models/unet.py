@@ -39,6 +39,7 @@ class UNet(nn.Module):
         None: 2 on every axis at every transition.
       kernel_sizes: per level (``depth`` of them) the convolution kernel per spatial axis, e.g.
         ``((1, 3, 3), (3, 3, 3), ...)``; None: 3 everywhere.
+      head_prior: initial foreground probability of the heads (``segmentation.head``); 0: none.
 
     Returns logits ``float32[B, *spatial, K]`` (a list of them with deep supervision in training).
     """
@@ -53,6 +54,7 @@ class UNet(nn.Module):
     conv_impl: str = "auto"
     pool_strides: Sequence[Sequence[int]] | None = None
     kernel_sizes: Sequence[Sequence[int]] | None = None
+    head_prior: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
@@ -129,7 +131,8 @@ class UNet(nn.Module):
         return logits
 
     def _head(self, x: jax.Array, name: str) -> jax.Array:
-        return segmentation.head(self.out_channels, self.dtype, name)(x).astype(jnp.float32)
+        head = segmentation.head(self.out_channels, self.dtype, name, self.head_prior)
+        return head(x).astype(jnp.float32)
 
 
 _shared_factory = segmentation.factory(UNet)
@@ -140,6 +143,7 @@ def get_unet(
     *,
     pool_strides: Sequence[Sequence[int]] | None = None,
     kernel_sizes: Sequence[Sequence[int]] | None = None,
+    head_prior: float = 0.0,
     **options: Any,
 ) -> UNet:
     """Builds a ``UNet``: the family's options (``segmentation.build``) plus per-axis pooling.
@@ -147,10 +151,13 @@ def get_unet(
     Args:
       pool_strides, kernel_sizes: per-axis pooling and kernels (see ``UNet``); None: 2 and 3 on
         every axis. ``medjax.plan`` fills them from the dataset (``plan.auto=True``).
+      head_prior: initial foreground probability of the heads (see ``UNet``); 0: none.
       **options: ``segmentation.build``'s.
     """
     return _shared_factory(**options).clone(
-        pool_strides=_nested_tuple(pool_strides), kernel_sizes=_nested_tuple(kernel_sizes)
+        pool_strides=_nested_tuple(pool_strides),
+        kernel_sizes=_nested_tuple(kernel_sizes),
+        head_prior=float(head_prior),
     )
 
 
@@ -162,6 +169,7 @@ get_unet.__signature__ = inspect.Signature(
             inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None)
             for n in ("pool_strides", "kernel_sizes")
         ),
+        inspect.Parameter("head_prior", inspect.Parameter.KEYWORD_ONLY, default=0.0),
     ],
     return_annotation="UNet",
 )
