@@ -278,6 +278,7 @@ def test_write_outputs_writes_seg_beside_nifti_for_dicom_cases(tmp_path):
     config.model.num_classes = 3
     task = seg_task.SegmentationTask.__new__(seg_task.SegmentationTask)
     task.config = config
+    task.regions = ()  # plain classes (what __init__ parses from data.regions)
     task.data = types.SimpleNamespace(splits={"test": entries})
     predictions = {}
     for index, entry in enumerate(entries):
