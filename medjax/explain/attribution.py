@@ -65,7 +65,10 @@ def region_score(logits: jax.Array, cls: int | jax.Array) -> jax.Array:
     """Segmentation score: the sum of class ``cls``'s logit over the voxels predicted ``cls``.
 
     ``logits: float32[*spatial, K]`` (K = 1: sigmoid foreground). The mask is the model's own
-    prediction with its gradient stopped, so the map explains that region's evidence.
+    prediction with its gradient stopped, so the map explains that region's evidence. When no
+    voxel is predicted ``cls`` the score is the class's logit summed over the whole image (the
+    evidence for and against the class everywhere), not 0: an empty region would give all-zero
+    maps that explain nothing.
     """
     if logits.shape[-1] == 1:  # jnp.where: ``cls`` may be traced
         positive = cls == 1
@@ -74,6 +77,7 @@ def region_score(logits: jax.Array, cls: int | jax.Array) -> jax.Array:
     else:
         mask = jnp.argmax(logits, axis=-1) == cls
         logit = jnp.take(logits, cls, axis=-1)
+    mask = jnp.where(jnp.any(mask), mask, True)  # empty region: the whole image
     return jnp.sum(jnp.where(jax.lax.stop_gradient(mask), logit, 0.0))
 
 

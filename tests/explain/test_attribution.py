@@ -98,6 +98,13 @@ def test_region_score_sums_the_class_logit_over_the_predicted_region():
     assert float(attribution.region_score(binary, 1)) == pytest.approx(2.0)
     g = jax.grad(lambda v: attribution.region_score(v, 1))(binary)
     np.testing.assert_array_equal(g[..., 0], [[1.0, 0.0, 1.0]])  # mask fixed, not differentiated
+    # No voxel predicted: the class's logit over the whole image (hand-computed), so an
+    # untrained or negative case still gets a map.
+    empty = np.array([[[-1.5], [-2.0], [-0.5]]], np.float32)
+    assert float(attribution.region_score(empty, 1)) == pytest.approx(-4.0)
+    g = jax.grad(lambda v: attribution.region_score(v, 1))(empty)
+    np.testing.assert_array_equal(g[..., 0], [[1.0, 1.0, 1.0]])
+    assert float(attribution.region_score(logits, 2)) == pytest.approx(-0.5)  # K=3, none is 2
 
 
 def test_last_conv_path_refuses_a_vit_patch_embedding():
