@@ -191,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from medjax.tasks import segmentation
 
     workroot = args.workdir or tempfile.mkdtemp(prefix="medjax_accuracy_")
+    os.makedirs(workroot, exist_ok=True)  # a --workdir that does not exist yet
     rows = []
     for seed in seeds:
         config, total, val_every = recipe(config_arg, steps, seed, args.set)
