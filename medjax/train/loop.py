@@ -276,11 +276,17 @@ def train_and_evaluate(
     Returns:
       A summary: best metric and step, final step, checkpoint folder, last validation metrics.
     """
+    fresh = not os.path.exists(workdir)
     workdir_lib.claim(workdir)  # one run per workdir: locked before anything touches it
-    run = _Run(config, workdir, for_training=True)
-    # A resume must use the config that started the run; then config.json is (re)written.
-    resuming = run.ckpt.latest_step() is not None
-    workdir_lib.check_and_save_config(config, run.workdir, resuming=resuming)
+    try:
+        run = _Run(config, workdir, for_training=True)
+        # A resume must use the config that started the run; then config.json is (re)written.
+        resuming = run.ckpt.latest_step() is not None
+        workdir_lib.check_and_save_config(config, run.workdir, resuming=resuming)
+    except errors.MedjaxError:
+        if fresh:  # refused before it started: no workdir holding only run.lock is left
+            workdir_lib.abandon(workdir)
+        raise
     cadences = hooks.Cadences.from_config(config, run.steps_per_epoch, run.total_steps)
     writer = metric_writer.MetricWriter(run.workdir, config)
     _record_run_files(run)

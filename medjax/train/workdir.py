@@ -145,6 +145,20 @@ def lock(workdir: str) -> None:
     _HELD[key] = f  # kept open (and locked) until the process exits
 
 
+def abandon(workdir: str) -> None:
+    """Releases the lock of a run refused before it started, and (process 0) removes ``workdir``
+    when the lock is all it holds (a fresh workdir that a config error refused stays absent)."""
+    release(workdir)
+    if not distributed.is_main() or not os.path.isdir(workdir):
+        return
+    files = [os.path.join(d, f) for d, _, names in os.walk(workdir) for f in names]
+    if files != [os.path.join(workdir, LOCK_FILE)]:
+        return  # anything else there is not ours to delete
+    os.remove(files[0])
+    for d, _, _ in sorted(os.walk(workdir), key=lambda t: -len(t[0])):  # deepest first
+        os.rmdir(d)
+
+
 def release(workdir: str) -> None:
     """Releases this process's lock of ``workdir`` (a no-op if it holds none)."""
     f = _HELD.pop(workdir_key(workdir), None)

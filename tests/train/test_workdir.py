@@ -98,3 +98,20 @@ def test_resume_with_another_loss_or_optimiser_is_refused_naming_the_keys(tmp_pa
         assert json.load(f)["optim"]["lr"] == 0.01
     # Without a checkpoint there is nothing to resume: any config starts afresh.
     workdir_lib.check_and_save_config(old, workdir, resuming=False)
+
+
+def test_a_fresh_run_refused_by_its_config_leaves_no_workdir(tmp_path):
+    from medjax.train import loop
+
+    config = configs.tiny_unet()
+    config.task = "no_such_task"
+    workdir = tmp_path / "new"
+    with pytest.raises(errors.ConfigError, match="no_such_task"):
+        loop.train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()  # not a folder holding only run.lock
+    # An existing folder with files of its own is never removed.
+    (workdir / "notes").mkdir(parents=True)
+    (workdir / "notes" / "mine.txt").write_text("keep")
+    with pytest.raises(errors.ConfigError):
+        loop.train_and_evaluate(config, str(workdir))
+    assert (workdir / "notes" / "mine.txt").read_text() == "keep"
