@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import json
 import os
 import pprint
 import sys
@@ -34,6 +35,8 @@ def row(
     trial_id = trial.trial_id
     values = [] if df is None or metric not in df else [v for v in df[metric] if v == v]
     epochs = 0 if df is None or "epoch" not in df else int(df["epoch"].max())
+    if not values:  # Ray lost the results (a trial that ended as the sweep was interrupted)
+        values, epochs = _own_record(trial_workdir(workdir, trial_id), metric)
     error = None
     if trial.status == "ERROR":
         status, error = "error", trial.get_pickled_error() or trial.get_error()
@@ -58,6 +61,26 @@ def row(
     if error is not None:
         row["error"] = (str(error).strip().splitlines() or ["unknown error"])[-1][:300]
     return row
+
+
+def _own_record(trial_dir: str, metric: str) -> tuple[list[float], int]:
+    """The trial's validations of ``metric`` and its finished epochs, from its ``metrics.jsonl``
+    (epochs: the distinct steps that logged ``train/lr_epoch``, once per finished epoch)."""
+    values, epoch_steps = [], set()
+    try:
+        with open(os.path.join(trial_dir, "metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a kill
+                if metric in rec and rec[metric] == rec[metric]:
+                    values.append(float(rec[metric]))
+                if "train/lr_epoch" in rec:
+                    epoch_steps.add(rec["step"])
+    except OSError:
+        return [], 0
+    return values, len(epoch_steps)
 
 
 def write_outputs(rows, params, config, workdir) -> dict[str, Any]:

@@ -26,6 +26,32 @@ def _config(*params):
     return c
 
 
+def test_row_falls_back_on_the_trials_own_record_when_ray_lost_its_results(tmp_path):
+    """A trial that finished as the sweep was interrupted can come back from Ray without
+    results: its row reads the trial's metrics.jsonl (hand-written here) instead."""
+    import json
+    import types
+
+    c = _config()
+    metric = c.tune.metric
+    trial_dir = tmp_path / "trials" / "t1"
+    trial_dir.mkdir(parents=True)
+    recs = [
+        {"step": 2, "train/loss": 1.0},
+        {"step": 2, metric: 0.3},
+        {"step": 2, "train/lr_epoch": 0.01},
+        {"step": 4, metric: 0.5},
+        {"step": 4, "train/lr_epoch": 0.01},
+        {"step": 4, "train/lr_epoch": 0.01},  # the same epoch logged again after a resume
+    ]
+    (trial_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n{cut")
+    (trial_dir / "tune_done.json").write_text("{}")
+    trial = types.SimpleNamespace(trial_id="t1", status="TERMINATED", config={})
+    row = tune_results.row(trial, None, [], c, str(tmp_path))
+    assert row["status"] == "completed" and row["epochs"] == 2
+    assert row[f"best {metric}"] == pytest.approx({"max": 0.5, "min": 0.3}[c.tune.mode])
+
+
 def test_best_config_file_round_trips(tmp_path):
     c = _config("optim.lr=loguniform(1e-4, 1e-2)", "model.kwargs.features=choice(4, 8)")
     values = {"optim.lr": 0.00123, "model.kwargs.features": 8}
