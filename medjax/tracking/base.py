@@ -10,6 +10,8 @@ from typing import Any, Protocol
 import ml_collections
 from flax import traverse_util
 
+from medjax import errors
+
 # Beside the checkpoints: a resumed run reads back the ids of the tracker runs it continues.
 IDS_FILE = "tracking.json"
 
@@ -26,6 +28,24 @@ class Backend(Protocol):
         """Uploads/copies the files of ``directory`` (an evaluation's outputs) to the run."""
 
     def close(self) -> None: ...
+
+
+def require(module: str, package: str, flag: str) -> Any:
+    """Imports an optional tracker ``module``, or raises one ConfigError naming ``flag``.
+
+    Args:
+      module: the module to import, e.g. ``"wandb"``.
+      package: what the user installs, e.g. ``"wandb"`` (both come with ``medjax[tracking]``).
+      flag: the config key that asked for it, e.g. ``"log.wandb"``.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise errors.ConfigError(
+            f"{flag}=True needs {package}: pip install 'medjax[tracking]' (or set {flag}=False)."
+        ) from e
 
 
 def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

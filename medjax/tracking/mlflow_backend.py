@@ -18,7 +18,6 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from medjax import errors
 from medjax.tracking import base
 
 _MAX_BATCH = 100  # MLflow's log_batch limit on params per call
@@ -52,15 +51,11 @@ class MlflowBackend:
     """Logs one medjax run to one MLflow run (created, or continued on resume)."""
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict):
-        try:
-            from mlflow.entities import Metric, Param, RunStatus
-            from mlflow.exceptions import MlflowException
-            from mlflow.tracking import MlflowClient
-        except ImportError as e:
-            raise errors.ConfigError(
-                "log.mlflow=True needs MLflow: pip install 'medjax[tracking]' (or set "
-                "log.mlflow=False)."
-            ) from e
+        base.require("mlflow", "MLflow", "log.mlflow")
+        from mlflow.entities import Metric, Param, RunStatus
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
         self._Metric, self._RunStatus = Metric, RunStatus
         uri = tracking_uri(config, workdir)
         if uri.startswith("file:") or "://" not in uri:

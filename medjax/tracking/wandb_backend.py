@@ -29,14 +29,7 @@ class WandbBackend:
     """Logs one medjax run to one W&B run (created, or resumed by id)."""
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict):
-        try:
-            import wandb
-        except ImportError as e:
-            raise errors.ConfigError(
-                "log.wandb=True needs wandb: pip install 'medjax[tracking]' (or set "
-                "log.wandb=False)."
-            ) from e
-        self._wandb = wandb
+        self._wandb = wandb = base.require("wandb", "wandb", "log.wandb")
         run_id = base.read_ids(workdir).get("wandb", {}).get("run_id") or uuid.uuid4().hex[:12]
         try:
             self.run = wandb.init(
