@@ -233,7 +233,8 @@ def sample_grid(
     """Rows of (input | ground truth | prediction) for the first ``num`` predicted cases.
 
     3D cases show their middle slice. The input is grey; truth and prediction show each label
-    value in its own colour (``colour_labels``). Returns ``uint8[rows*H, 3*W, 3]`` or None.
+    value in its own colour (``colour_labels``). Cases of different sizes are padded with black
+    to the widest row. Returns ``uint8[sum(H), 3*max(W), 3]`` or None.
     """
     rows = []
     for index in sorted(predictions)[:num]:
@@ -250,6 +251,8 @@ def sample_grid(
         rows.append(np.concatenate([grey, colour_labels(label), colour_labels(pred)], axis=1))
     if not rows:
         return None
+    width = max(row.shape[1] for row in rows)
+    rows = [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0))) for row in rows]
     return np.concatenate(rows, axis=0)
 
 

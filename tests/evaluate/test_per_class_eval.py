@@ -195,3 +195,25 @@ def test_sample_grid_shows_each_class_in_its_own_colour(tmp_path):
                 colours[value] = tuple(seen[0])
             assert colours[0] == (0, 0, 0)
             assert len(set(colours.values())) == 4  # background and three distinct classes
+
+
+def test_sample_grid_pads_cases_of_different_sizes(tmp_path):
+    # Real datasets (a Decathlon folder) have cases of different shapes; the grid once crashed
+    # concatenating their rows.
+    shapes = [(5, 7), (4, 11)]
+    entries, preds = [], {}
+    for i, shape in enumerate(shapes):
+        folder = store.case_dir(str(tmp_path), f"c{i}")
+        (tmp_path / "cases" / f"c{i}").mkdir(parents=True)
+        np.save(
+            f"{folder}/image.npy", np.arange(np.prod(shape), dtype=np.float32).reshape(*shape, 1)
+        )
+        np.save(f"{folder}/label.npy", np.ones(shape, np.uint8))
+        np.savez(f"{folder}/locations.npz")
+        entries.append({"id": f"c{i}", "shape": list(shape), "has_label": True})
+        preds[i] = np.ones(shape, np.uint8)
+    grid = seg_eval.sample_grid(sources.StoreSource(str(tmp_path), entries), preds, 2)
+    assert grid.shape == (5 + 4, 3 * 11, 3)
+    # Row 0 (7 wide per panel): its three panels then black padding; row 1 fills the width.
+    assert (grid[:5, 21:] == 0).all() and (grid[:5, 7:21] != 0).any()
+    assert (grid[5:, 11:22] == seg_eval.PALETTE[1]).all()
