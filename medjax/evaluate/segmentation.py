@@ -47,7 +47,17 @@ class _PerClass:
         self.names = regions_lib.names(num_classes, self.regions, tuple(class_names or ()))
         self.totals = {k: 0.0 for k in confusion.COUNT_KEYS}  # float64[K'] after a case
         self.class_hd95: list[np.ndarray] = []  # per case, float64[K'] (NaN / inf: empty)
+        self.unlabelled: list[int] = []  # cases without a reference (a Decathlon imagesTs)
         self.result = base.EvalResult()
+
+    def _skip_unlabelled(self, index: int, pred: np.ndarray) -> bool:
+        """True (and the prediction kept) when case ``index`` has no reference to score."""
+        if self.source.has_label[index]:
+            return False
+        self.unlabelled.append(index)
+        if self.keep_predictions:
+            self.result.predictions[index] = np.asarray(pred).astype(np.uint8)
+        return True
 
     def _masks(self, labels: np.ndarray) -> np.ndarray:
         return regions_lib.class_masks(
@@ -79,7 +89,11 @@ class _PerClass:
         return entry
 
     def _split_metrics(self) -> dict[str, float]:
+        """The split's metrics over its labelled cases; ``unlabelled_cases`` counts the others
+        (predicted, never scored: no metric at all when no case has a reference)."""
         per_case = self.result.per_case
+        if not per_case:
+            return {"unlabelled_cases": float(len(self.unlabelled))}
         pooled = confusion.from_counts({k: np.atleast_1d(v) for k, v in self.totals.items()})
         out = {k: _nanmean(v) for k, v in pooled.items()}
         out["dice_per_case"] = float(np.mean([c["dice"] for c in per_case]))
@@ -94,6 +108,8 @@ class _PerClass:
                     values = np.array([c[f"{m}/{name}"] for c in per_case])[both]
                     out[f"{m}_mm/{name}"] = float(np.mean(values)) if values.size else float("nan")
                 out[f"hd95_empty_cases/{name}"] = float(np.isinf(hd95[:, i]).sum())
+        if self.unlabelled:
+            out["unlabelled_cases"] = float(len(self.unlabelled))
         return out
 
 
@@ -140,11 +156,14 @@ class SplitEvaluation(_PerClass):
         ``pred [B, *spatial]``; rows with ``batch["valid"]`` False are padding."""
         valid = batch["valid"]
         counts = {k: np.asarray(out[k], np.float64)[valid] for k in self.totals}  # [n, K']
-        self.loss_sum += float(np.asarray(out["loss"], np.float64)[valid].sum())
         indices = batch["index"][valid]
         pred = np.asarray(out["pred"])[valid]
         labels = np.asarray(batch["label"])[valid]
+        losses = np.asarray(out["loss"], np.float64)[valid]
         for row, index in enumerate(indices):
+            if self._skip_unlabelled(int(index), pred[row]):
+                continue
+            self.loss_sum += float(losses[row])
             distances = surface.class_distances(
                 self._masks(pred[row]),
                 self._masks(labels[row]),
@@ -161,7 +180,8 @@ class SplitEvaluation(_PerClass):
     def finalize(self) -> base.EvalResult:
         """The split's ``EvalResult``."""
         self.result.metrics = self._split_metrics()
-        self.result.metrics["loss"] = self.loss_sum / max(len(self.result.per_case), 1)
+        if self.result.per_case:
+            self.result.metrics["loss"] = self.loss_sum / len(self.result.per_case)
         return self.result
 
 
@@ -322,8 +342,9 @@ class VolumeEvaluation(_PerClass):
         index = int(batch["index"][0])
         pred = regions_lib.labels_from_logits(np.asarray(out["logits"][0]), self.regions)
         pred = pred.astype(np.uint8)
-        record = self.source[index]
-        ref = np.asarray(record.get("label", np.zeros(pred.shape)), np.uint8)
+        if self._skip_unlabelled(index, pred):
+            return
+        ref = np.asarray(self.source[index]["label"], np.uint8)
         pred_masks, ref_masks = self._masks(pred), self._masks(ref)
         axes = tuple(range(pred.ndim))
         tp = np.count_nonzero(pred_masks & ref_masks, axis=axes).astype(np.float64)

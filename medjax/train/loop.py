@@ -530,7 +530,7 @@ def _evaluate_run(run: _Run) -> dict[str, Any]:
         with open(os.path.join(out_dir, "metrics.json"), "w") as f:
             json.dump({"step": step, "split": split, **flags, **metrics}, f, indent=1)
         with open(os.path.join(out_dir, "per_case.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(per_case[0]))
+            w = csv.DictWriter(f, fieldnames=list(per_case[0]) if per_case else ["id", "index"])
             w.writeheader()
             w.writerows(per_case)
         run.task.write_outputs(split, result, out_dir)
@@ -538,10 +538,17 @@ def _evaluate_run(run: _Run) -> dict[str, Any]:
     writer.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()})
     writer.write_artifacts(out_dir)
     writer.close()
-    hooks.say(
-        f"medjax: {split} metrics of step {step}: "
-        + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-    )
+    unlabelled = int(metrics.get("unlabelled_cases", 0))
+    if per_case:
+        hooks.say(
+            f"medjax: {split} metrics of step {step}: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        )
+    if unlabelled:
+        hooks.say(
+            f"medjax: {unlabelled} {split} case(s) have no reference label (e.g. a Decathlon "
+            "imagesTs): predicted, not scored" + ("" if per_case else "; no metrics")
+        )
     if post is not None:
         hooks.say(f"medjax: post-processed ({postprocessing.summary(post[1])}) by {post[0]}")
     hooks.say(f"medjax: wrote {out_dir}")

@@ -217,3 +217,27 @@ def test_sample_grid_pads_cases_of_different_sizes(tmp_path):
     # Row 0 (7 wide per panel): its three panels then black padding; row 1 fills the width.
     assert (grid[:5, 21:] == 0).all() and (grid[:5, 7:21] != 0).any()
     assert (grid[5:, 11:22] == seg_eval.PALETTE[1]).all()
+
+
+def test_cases_without_labels_are_predicted_but_never_scored(tmp_path):
+    # A Decathlon imagesTs has no labels: those cases were once scored against an all-zero
+    # reference (test Dice 0). The labelled cases' metrics must equal a split of those alone.
+    refs, preds = _labels()
+    source = _store(tmp_path, refs)
+    source.has_label[1] = False  # case 1 arrives without its label file
+    kept = [0, 2]
+    want, want_rows = _reference(
+        [preds[i] for i in kept], [refs[i] for i in kept], [[1], [2], [3]], ("1", "2", "3")
+    )
+    logits = np.eye(4)[np.stack(preds)] * 10.0
+    for result in (_split(source, preds, refs, logits, (), ()), _volume(source, logits, (), ())):
+        assert [row["id"] for row in result.per_case] == ["c0", "c2"]
+        assert result.metrics["unlabelled_cases"] == 1
+        assert {"dice", "dice/1", "dice/3", "hd95_mm/2"} <= set(want)
+        for key, value in want.items():
+            assert result.metrics[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
+        assert set(result.predictions) == {0, 1, 2}  # the unlabelled case is still predicted
+        np.testing.assert_array_equal(result.predictions[1], preds[1])
+    source.has_label[:] = [False] * 3
+    result = _volume(source, logits, (), ())
+    assert result.metrics == {"unlabelled_cases": 3.0} and result.per_case == []
