@@ -36,6 +36,31 @@ def dataset_json(root: str) -> dict[str, Any]:
         raise errors.DataError(f"{path}: cannot parse dataset.json ({e}).") from e
 
 
+def label_names(root: str, num_classes: int) -> tuple[str, ...]:
+    """Names of the foreground labels ``1..num_classes-1`` from ``root``'s dataset.json.
+
+    Reads the Decathlon form (``"labels": {"0": "background", "1": "PZ", ...}``) and nnU-Net
+    v2's (``"labels": {"background": 0, "PZ": 1, ...}``); names are made safe for metric keys
+    (characters other than letters, digits, ``_ . -`` and spaces become ``_``). Returns ``()``
+    when there is no dataset.json, a label is unnamed, or two names collide (the label values
+    then name the classes).
+    """
+    labels = dataset_json(root).get("labels") if num_classes > 2 else None
+    if not isinstance(labels, dict):
+        return ()
+    by_value: dict[int, str] = {}
+    for key, value in labels.items():
+        name, number = (value, key) if isinstance(value, str) else (key, value)
+        try:
+            by_value[int(number)] = re.sub(r"[^A-Za-z0-9_. -]", "_", str(name)).strip()
+        except (TypeError, ValueError):
+            return ()  # region lists (nnU-Net v2 "whole tumor": [1, 2, 3]) are not classes
+    names = tuple(by_value.get(c, "") for c in range(1, num_classes))
+    if not all(names) or len(set(names)) != len(names):
+        return ()
+    return names
+
+
 def group_channels(files: list[str]) -> dict[str, list[str]]:
     """nnU-Net names channels ``<case>_0000``; returns case -> channel files sorted by index."""
     groups: dict[str, dict[int, str]] = {}

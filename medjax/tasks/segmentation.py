@@ -72,6 +72,12 @@ class SegmentationTask:
             model_spec.num_classes(config), self.regions, config.data.get("class_names", ())
         )
         self.data = pipeline.prepare_data(config)
+        if not config.data.get("class_names") and not self.regions:
+            # A Decathlon / nnU-Net dataset.json names its labels: metrics say dice/PZ, not dice/1.
+            from medjax.data import crawlers_volume
+
+            found = crawlers_volume.label_names(self.data.root, model_spec.num_classes(config))
+            self.scored_names = found or self.scored_names
         channels = {e["channels"] for split in self.data.splits.values() for e in split}
         if len(channels) != 1:
             raise errors.DataError(f"Cases disagree on the number of channels: {sorted(channels)}.")

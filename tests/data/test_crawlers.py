@@ -193,3 +193,17 @@ def test_dicom_series_with_masks(tmp_path):
         crawlers_volume.get_dicom_series(mask_root=str(tmp_path / "masks"), allow_unlabeled=False)(
             str(tmp_path / "dicom")
         )
+
+
+def test_label_names_from_dataset_json_both_forms(tmp_path):
+    def names(labels, num_classes=3):
+        (tmp_path / "dataset.json").write_text(json.dumps({"labels": labels}))
+        return crawlers_volume.label_names(str(tmp_path), num_classes)
+
+    assert crawlers_volume.label_names(str(tmp_path), 3) == ()  # no dataset.json
+    assert names({"0": "background", "1": "PZ", "2": "TZ"}) == ("PZ", "TZ")  # Decathlon
+    assert names({"background": 0, "edema": 1, "non-enh/core": 2}) == ("edema", "non-enh_core")
+    assert names({"0": "background", "1": "PZ"}) == ()  # label 2 unnamed
+    assert names({"0": "bg", "1": "a", "2": "a"}) == ()  # not distinct
+    assert names({"background": 0, "whole tumor": [1, 2, 3]}) == ()  # v2 regions
+    assert names({"0": "background", "1": "lesion"}, num_classes=1) == ()  # binary: no names
