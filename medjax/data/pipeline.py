@@ -23,6 +23,7 @@ from absl import flags
 from medjax import errors, registry
 from medjax.data import case_ids, progress, sampling, sources, store, synthetic, transforms, workers
 from medjax.data import splits as splits_lib
+from medjax.data.preprocess import pipeline as preprocess_pipeline
 
 
 @dataclasses.dataclass
@@ -115,7 +116,7 @@ def prepare_data(config: ml_collections.ConfigDict) -> Data:
     crawled = crawl(root)
     skipped_files = list(getattr(crawled, "skipped_files", []))
     cases = _split_cases(case_ids.sanitise_cases(crawled), config.data)
-    spec = config.data.preprocess.to_dict()
+    spec = preprocess_pipeline.unset_none_tuples(config.data.preprocess.to_dict())
     store_dir = config.data.store_dir or os.path.join(
         synthetic.cache_dir(), "store", f"{os.path.basename(root)}-{store.spec_hash([root, spec])}"
     )

@@ -68,13 +68,26 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 _GEOMETRY_TOL = {"spacing": 1e-3, "origin": 1e-3, "direction": 1e-4}
 
 
+def unset_none_tuples(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` with ``target_size`` / ``target_spacing_mm`` of ``(None,)`` set to None.
+
+    ``--config.data.preprocess.target_size=None`` on a tuple placeholder parses as ``(None,)``;
+    it means "unset". Normalised before the store's hash, so both spellings share a store.
+    """
+    out = dict(spec)
+    for key in ("target_size", "target_spacing_mm"):
+        if isinstance(out.get(key), (list, tuple)) and list(out[key]) == [None]:
+            out[key] = None
+    return out
+
+
 def resolve_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
     """``DEFAULT_SPEC`` updated by ``spec``, validated, with tuples as lists (JSON-able).
 
     Raises:
       ConfigError: an unknown key or an invalid value (the message names the allowed values).
     """
-    spec = dict(spec or {})
+    spec = unset_none_tuples(spec or {})
     unknown = set(spec) - set(DEFAULT_SPEC)
     if unknown:
         raise errors.ConfigError(

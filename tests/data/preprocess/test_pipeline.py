@@ -161,6 +161,15 @@ def test_bad_spec_and_bad_labels():
         pipeline.preprocess_case(image, _vol(np.full((4, 4), 0.5, np.float32)), {})
 
 
+def test_none_from_the_command_line_unsets_a_tuple_option():
+    # ml_collections parses "--config.data.preprocess.target_size=None" on a tuple placeholder
+    # as (None,); it means "no resize", not a bad tuple.
+    spec = pipeline.resolve_spec({"target_size": (None,), "target_spacing_mm": [None]})
+    assert spec["target_size"] is None and spec["target_spacing_mm"] is None
+    with pytest.raises(errors.ConfigError, match="tuple of numbers"):
+        pipeline.resolve_spec({"target_size": (None, 4)})
+
+
 # --- 3D geometry: every voxel keeps its world position ------------------------------------------
 
 
