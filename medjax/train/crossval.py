@@ -91,6 +91,12 @@ def _numeric(row: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _defined(values: list[float]) -> np.ndarray:
+    """``float64`` array of the non-NaN values."""
+    values = np.asarray(values, np.float64)
+    return values[~np.isnan(values)]
+
+
 def summarize(workdir: str, split: str = "val") -> dict[str, Any]:
     """Collects the folds of ``workdir`` into ``<workdir>/cv_summary.json`` and prints it.
 
@@ -100,8 +106,8 @@ def summarize(workdir: str, split: str = "val") -> dict[str, Any]:
 
     Returns:
       ``{"folds": {k: metrics}, "mean": {...}, "sd": {...}, "pooled": {...},
-      "num_folds": n, "num_cases": N}``; a metric missing in some fold is averaged over the
-      folds that have it.
+      "num_folds": n, "num_cases": N}``; a metric missing or NaN in some fold (or case) is
+      averaged over the folds (cases) where it is defined.
 
     Raises:
       DataError: no fold of ``workdir`` has been evaluated.
@@ -127,13 +133,15 @@ def summarize(workdir: str, split: str = "val") -> dict[str, Any]:
     names = sorted({k for v in folds.values() for k in v})
     mean, sd = {}, {}
     for name in names:
-        values = np.asarray([v[name] for v in folds.values() if name in v], np.float64)
-        mean[name] = float(values.mean())
+        values = _defined([v[name] for v in folds.values() if name in v])
+        mean[name] = float(values.mean()) if values.size else float("nan")
         sd[name] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     pooled = {}
     for name in sorted({k for r in rows for k in r}):
-        values = np.asarray([r[name] for r in rows if name in r], np.float64)
-        pooled[name] = float(values.mean())
+        # The evaluation's rule: a per-case HD95 of a case with one empty mask is NaN and left
+        # out of the mean (its count is its own column), never a NaN for the whole column.
+        values = _defined([r[name] for r in rows if name in r])
+        pooled[name] = float(values.mean()) if values.size else float("nan")
     summary = {
         "num_folds": len(folds),
         "num_cases": len(rows),

@@ -66,3 +66,22 @@ def test_choose_postprocessing_refuses_region_runs(tmp_path):
     with pytest.raises(errors.ConfigError, match="data.regions"):
         crossval.choose_postprocessing(config, str(tmp_path))
     assert not os.listdir(tmp_path)  # refused before anything was read or written
+
+
+def test_summary_leaves_undefined_values_out_of_means(tmp_path):
+    # A case with one empty mask has HD95 NaN (counted, never 0): the pooled mean is over the
+    # cases where it is defined, as in the evaluation itself, not NaN for the whole column.
+    folds = {0: ([3.0, float("nan")], 3.0), 1: ([1.0, 2.0], float("nan"))}
+    for k, (hd95, fold_mean) in folds.items():
+        out = tmp_path / f"fold_{k}" / "eval" / "val-step4"
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps({"dice": 0.5 + k / 10, "hd95_mm": fold_mean}))
+        with open(out / "per_case.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["id", "dice", "hd95"])
+            w.writeheader()
+            w.writerows({"id": f"c{k}{i}", "dice": 0.5, "hd95": v} for i, v in enumerate(hd95))
+    summary = crossval.summarize(str(tmp_path))
+    assert summary["pooled"]["hd95"] == pytest.approx(2.0)  # (3 + 1 + 2) / 3
+    assert summary["mean"]["hd95_mm"] == pytest.approx(3.0) and summary["sd"]["hd95_mm"] == 0.0
+    assert summary["mean"]["dice"] == pytest.approx(0.55)
+    assert summary["num_cases"] == 4
