@@ -69,7 +69,19 @@ def build_loss(config: ml_collections.ConfigDict, *, train: bool = True):
         )
     ds_fn = compound.deep_supervision(loss_fn, weights or None)
     if not weights:
-        return ds_fn
+
+        def default_weighted(logits_levels, labels, **kwargs):
+            if len(logits_levels) == 2:  # at trace time: said once per compilation
+                logging.warning(
+                    "model.deep_supervision=True with 2 outputs does nothing: nnU-Net's default "
+                    "weights give the coarser one 0. Use a deeper model or set "
+                    "loss.deep_supervision_weights, e.g. (0.67, 0.33)."
+                )
+            return ds_fn(logits_levels, labels, **kwargs)
+
+        if hasattr(ds_fn, "terms"):
+            default_weighted.terms = ds_fn.terms
+        return default_weighted
 
     def checked(logits_levels, labels, **kwargs):
         if len(logits_levels) != len(weights):

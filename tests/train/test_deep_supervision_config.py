@@ -32,7 +32,7 @@ def _logits_and_labels():
     return full, half, labels
 
 
-def test_config_weights_weigh_the_levels():
+def test_config_weights_weigh_the_levels(caplog):
     full, half, labels = _logits_and_labels()
     # Jitted: one compilation each instead of one per eager op.
     inner = jax.jit(loop.build_loss(_unet_ds(), train=False))  # never wrapped: evaluation's
@@ -40,9 +40,12 @@ def test_config_weights_weigh_the_levels():
     per_level = [inner(full, labels), inner(half, labels[:, ::2, ::2])]
     got = jax.jit(loop.build_loss(_unet_ds((0.7, 0.3))))([full, half], labels)
     np.testing.assert_allclose(got, 0.7 * per_level[0] + 0.3 * per_level[1], rtol=1e-5)
-    # (): nnU-Net's default, 1/2**i with the lowest level 0 -> (1, 0) for two levels.
+    assert "does nothing" not in caplog.text
+    # (): nnU-Net's default, 1/2**i with the lowest level 0 -> (1, 0) for two levels: deep
+    # supervision then does nothing, and the user is told so.
     got = jax.jit(loop.build_loss(_unet_ds()))([full, half], labels)
     np.testing.assert_allclose(got, per_level[0], rtol=1e-5)
+    assert "model.deep_supervision=True with 2 outputs does nothing" in caplog.text
 
 
 def test_bad_weights_are_config_errors_naming_the_key():
