@@ -81,6 +81,7 @@ class AttentionUNet(nn.Module):
       remat: rematerialise each level's block in the backward pass.
       dtype: compute dtype; None follows inputs and parameters.
       conv_impl: formulation of the blocks' convolutions (``layers``); same parameters.
+      head_prior: initial foreground probability of the heads (``segmentation.head``); 0: none.
 
     Returns logits ``float32[B, *spatial, K]`` (a list of them with deep supervision in training).
     """
@@ -93,6 +94,7 @@ class AttentionUNet(nn.Module):
     remat: bool = False
     dtype: Any = None
     conv_impl: str = "auto"
+    head_prior: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
@@ -123,8 +125,14 @@ class AttentionUNet(nn.Module):
             x = jnp.concatenate([x, skip], axis=-1)
             x = block(f, self.norm, False, self.dtype, self.conv_impl, name=f"dec{level}")(x, train)
             if with_ds and level > 0:
-                outputs.append(segmentation.head(self.out_channels, self.dtype, f"ds{level}")(x))
-        logits = segmentation.head(self.out_channels, self.dtype, "head")(x).astype(jnp.float32)
+                outputs.append(
+                    segmentation.head(self.out_channels, self.dtype, f"ds{level}", self.head_prior)(
+                        x
+                    )
+                )
+        logits = segmentation.head(self.out_channels, self.dtype, "head", self.head_prior)(
+            x
+        ).astype(jnp.float32)
         if self.deep_supervision and train:
             return [logits] + [o.astype(jnp.float32) for o in outputs[::-1]]
         return logits

@@ -233,6 +233,7 @@ class DeepLabV3Plus(nn.Module):
       norm: ``batch`` | ``instance`` | ``group`` | ``none``.
       remat: rematerialise each residual block in the backward pass.
       dtype: compute dtype; None follows inputs and parameters.
+      head_prior: initial foreground probability of the head (``segmentation.head``); 0: none.
 
     Returns logits ``float32[B, *spatial, K]`` at the input's spatial size.
     """
@@ -247,6 +248,7 @@ class DeepLabV3Plus(nn.Module):
     norm: str = "batch"
     remat: bool = False
     dtype: Any = None
+    head_prior: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -270,7 +272,7 @@ class DeepLabV3Plus(nn.Module):
         y = jnp.concatenate([_resize(high, low.shape[1:-1]), low], axis=-1)
         y = ConvNormAct(self.aspp_features, 3, name="decoder1", **kw)(y, train)
         y = ConvNormAct(self.aspp_features, 3, name="decoder2", **kw)(y, train)
-        logits = segmentation.head(self.out_channels, self.dtype, "head")(y)
+        logits = segmentation.head(self.out_channels, self.dtype, "head", self.head_prior)(y)
         return _resize(logits.astype(jnp.float32), spatial)
 
 
@@ -291,6 +293,7 @@ def get_deeplab(
     deep_supervision: bool = False,
     remat: bool = False,
     dtype: str | None = None,
+    head_prior: float = 0.0,
 ) -> DeepLabV3Plus:
     """Builds DeepLabV3+ with the options of ``segmentation.build`` that apply.
 
@@ -314,6 +317,7 @@ def get_deeplab(
       deep_supervision: must be False.
       remat: rematerialise each residual block in the backward pass.
       dtype: compute dtype name; None follows the inputs and parameters.
+      head_prior: initial foreground probability of the head (``segmentation.head``); 0: none.
 
     Returns:
       The module; ``apply(variables, x float32[B, *spatial, C], train=bool)`` gives logits
@@ -349,4 +353,5 @@ def get_deeplab(
         norm=segmentation.resolve_norm(norm, use_batch_norm),
         remat=remat,
         dtype=segmentation.compute_dtype(dtype),
+        head_prior=float(head_prior),
     )

@@ -1,7 +1,8 @@
 """What the segmentation models share: their common options, one builder, input checks, heads.
 
 ``UNet``, ``AttentionUNet`` and ``UNetPlusPlus`` take the same options (logits K, per-level
-features, norm, residual encoder, deep supervision, remat, dtype, convolution formulation);
+features, norm, residual encoder, deep supervision, remat, dtype, convolution formulation,
+the heads' initial foreground probability);
 ``build`` resolves them once and each model registers ``factory(ModuleClass)``. DeepLabV3+ has
 its own encoder options and uses ``resolve_norm``, ``compute_dtype`` and ``head`` from here.
 """
@@ -114,6 +115,7 @@ def build(
     remat: bool = False,
     dtype: str | None = None,
     conv_impl: str = "auto",
+    head_prior: float = 0.0,
 ) -> nn.Module:
     """Builds a UNet-family module from the options the family shares.
 
@@ -137,6 +139,8 @@ def build(
         ``train.precision=bfloat16`` runs (the step casts both).
       conv_impl: convolution formulation (the config's ``model.conv_impl``, see
         ``layers``); the parameters are the same whatever it is.
+      head_prior: initial foreground probability of the logits heads (``head``); 0: a zero
+        bias. 0.01 lets a rare foreground take off (configs/unet3d.py's docstring).
 
     Returns:
       The module; ``apply(variables, x float32[B, *spatial, C], train=bool)`` gives logits
@@ -156,6 +160,7 @@ def build(
         remat=remat,
         dtype=compute_dtype(dtype),
         conv_impl=conv_impl,
+        head_prior=float(head_prior),
     )
 
 

@@ -143,7 +143,6 @@ def get_unet(
     *,
     pool_strides: Sequence[Sequence[int]] | None = None,
     kernel_sizes: Sequence[Sequence[int]] | None = None,
-    head_prior: float = 0.0,
     **options: Any,
 ) -> UNet:
     """Builds a ``UNet``: the family's options (``segmentation.build``) plus per-axis pooling.
@@ -151,13 +150,11 @@ def get_unet(
     Args:
       pool_strides, kernel_sizes: per-axis pooling and kernels (see ``UNet``); None: 2 and 3 on
         every axis. ``medjax.plan`` fills them from the dataset (``plan.auto=True``).
-      head_prior: initial foreground probability of the heads (see ``UNet``); 0: none.
-      **options: ``segmentation.build``'s.
+      **options: ``segmentation.build``'s (``head_prior`` among them).
     """
     return _shared_factory(**options).clone(
         pool_strides=_nested_tuple(pool_strides),
         kernel_sizes=_nested_tuple(kernel_sizes),
-        head_prior=float(head_prior),
     )
 
 
@@ -169,7 +166,6 @@ get_unet.__signature__ = inspect.Signature(
             inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None)
             for n in ("pool_strides", "kernel_sizes")
         ),
-        inspect.Parameter("head_prior", inspect.Parameter.KEYWORD_ONLY, default=0.0),
     ],
     return_annotation="UNet",
 )

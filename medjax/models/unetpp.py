@@ -53,6 +53,7 @@ class UNetPlusPlus(nn.Module):
       remat: rematerialise each node's block in the backward pass.
       dtype: compute dtype; None follows inputs and parameters.
       conv_impl: formulation of the blocks' convolutions (``layers``); same parameters.
+      head_prior: initial foreground probability of the heads (``segmentation.head``); 0: none.
 
     Returns logits ``float32[B, *spatial, K]`` (a list of them with deep supervision in training).
     """
@@ -65,6 +66,7 @@ class UNetPlusPlus(nn.Module):
     remat: bool = False
     dtype: Any = None
     conv_impl: str = "auto"
+    head_prior: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
@@ -89,13 +91,17 @@ class UNetPlusPlus(nn.Module):
                 nodes[i, j] = block(
                     f, self.norm, False, self.dtype, self.conv_impl, name=f"x{i}_{j}"
                 )(inp, train)
-        logits = segmentation.head(self.out_channels, self.dtype, "head")(nodes[0, last])
+        logits = segmentation.head(self.out_channels, self.dtype, "head", self.head_prior)(
+            nodes[0, last]
+        )
         logits = logits.astype(jnp.float32)
         # Heads are created at init whatever ``train`` is: the trainer initialises with
         # train=False and must still find the deep-supervision heads' parameters later.
         if self.deep_supervision and (train or self.is_initializing()):
             outputs = [
-                segmentation.head(self.out_channels, self.dtype, f"ds{j}")(nodes[0, j])
+                segmentation.head(self.out_channels, self.dtype, f"ds{j}", self.head_prior)(
+                    nodes[0, j]
+                )
                 for j in reversed(range(1, last))
             ]
             if train:

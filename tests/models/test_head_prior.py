@@ -1,4 +1,5 @@
-"""``model.kwargs.head_prior``: the UNet heads start at the given foreground probability."""
+"""``model.kwargs.head_prior``: every segmentation model's heads start at the given foreground
+probability (UNet, Attention UNet, UNet++, DeepLabV3+)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,16 +9,24 @@ import pytest
 from medjax import errors, registry
 
 
-def _head_biases(num_classes: int, prior: float, deep_supervision: bool = False) -> dict:
+MODELS = ("unet", "attention_unet", "unetpp", "deeplab")
+
+
+def _head_biases(
+    num_classes: int, prior: float, deep_supervision: bool = False, name: str = "unet"
+) -> dict:
+    if name == "deeplab":
+        shape = {"resnet_depth": 10, "aspp_features": 8, "low_level_features": 4}
+    else:
+        shape = {"depth": 3, "deep_supervision": deep_supervision}
     model = registry.lookup(
         "models",
-        "unet",
+        name,
         num_classes=num_classes,
-        depth=3,
         features=4,
         norm="instance",
-        deep_supervision=deep_supervision,
         head_prior=prior,
+        **shape,
     )
     params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)["params"]
     return {
@@ -27,17 +36,20 @@ def _head_biases(num_classes: int, prior: float, deep_supervision: bool = False)
     }
 
 
-def test_sigmoid_head_starts_at_the_prior():
-    biases = _head_biases(1, 0.01, deep_supervision=True)
-    assert set(biases) == {"head", "ds1"}  # the deep-supervision head too
+@pytest.mark.parametrize("name", MODELS)
+def test_sigmoid_head_starts_at_the_prior(name):
+    biases = _head_biases(1, 0.01, deep_supervision=name != "deeplab", name=name)
+    # The deep-supervision heads too (DeepLabV3+ has one output scale).
+    assert set(biases) == ({"head"} if name == "deeplab" else {"head", "ds1"})
     for bias in biases.values():
         # sigmoid(bias) == prior, against the float64 logit of 0.01.
         np.testing.assert_allclose(bias, [np.log(0.01 / 0.99)], rtol=1e-6)
         np.testing.assert_allclose(1.0 / (1.0 + np.exp(-bias)), [0.01], rtol=1e-6)
 
 
-def test_softmax_head_gives_background_one_minus_the_prior():
-    (bias,) = _head_biases(3, 0.02).values()
+@pytest.mark.parametrize("name", MODELS)
+def test_softmax_head_gives_background_one_minus_the_prior(name):
+    (bias,) = _head_biases(3, 0.02, name=name).values()
     probs = np.exp(bias) / np.exp(bias).sum()
     np.testing.assert_allclose(probs, [0.98, 0.01, 0.01], rtol=1e-6)
 
