@@ -15,6 +15,11 @@ Layout of a bundle::
                       (``medjax.plan.postprocessing``); predicting from the bundle applies it
                       as predicting from the workdir does (``predict.postprocess.auto``)
 
+A cross-validation folder (``data.fold=all``) exports as an **ensemble bundle**: one bundle per
+fold in ``fold_<k>/`` (each carrying the cross-validation's post-processing) and
+``ensemble.json`` listing them; ``--mode=predict --workdir=<it>`` predicts with the mean of the
+folds' probabilities, as from the cross-validation folder itself.
+
 ``load_bundle(path)`` needs none of the config file, the store or the model code: it
 deserialises the function, loads the weights and predicts through the same per-case path as a
 workdir (``segment.predict_case``). ``log_model`` logs a bundle as the training run's MLflow
@@ -26,6 +31,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from typing import Any
@@ -44,6 +50,7 @@ from medjax.predict import model as model_lib
 FUNCTION_FILE = "model.jaxexport"
 WEIGHTS_FILE = "weights.npz"
 METADATA_FILE = "metadata.json"
+ENSEMBLE_FILE = "ensemble.json"
 PLATFORMS = ("cpu", "cuda")
 
 
@@ -73,16 +80,72 @@ def _export(member: model_lib.Member) -> tuple[bytes, list[str]]:
 def export_bundle(
     workdir: str, output: str, *, checkpoint: str | int = "best", overwrite: bool = False
 ) -> str:
-    """Writes the bundle of ``workdir``'s ``checkpoint`` to ``output`` (see the module docstring).
+    """Writes the bundle of ``workdir``'s ``checkpoint`` to ``output`` (see the module docstring);
+    a cross-validation folder gives an ensemble bundle of its folds.
 
     Raises:
       ConfigError: ``output`` exists and is not empty (without ``overwrite``).
-      CheckpointError: the workdir has no checkpoint.
+      CheckpointError: the workdir (or a fold) has no checkpoint.
     """
     from medjax.predict import runner
-    from medjax.train import checkpoint as ckpt_lib
 
     output = runner.check_output(output, overwrite)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    folds = runner.fold_runs(workdir)
+    tmp = f"{output.rstrip(os.sep)}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if folds == [workdir]:
+        _write_bundle(workdir, tmp, checkpoint)
+    else:
+        for fold in folds:
+            _write_bundle(fold, os.path.join(tmp, os.path.basename(fold)), checkpoint)
+        with open(os.path.join(tmp, ENSEMBLE_FILE), "w") as f:
+            json.dump(
+                {
+                    "format": "medjax-ensemble-1",
+                    "members": [os.path.basename(d) for d in folds],
+                    "workdir": workdir,
+                },
+                f,
+                indent=1,
+            )
+    if os.path.isdir(output):
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    return output
+
+
+def ensemble_members(path: str) -> list[str] | None:
+    """The member bundle folders of an ensemble bundle (``ensemble.json``), else None.
+
+    Member names come from the file: only ``fold_<k>`` folders inside ``path`` are accepted.
+
+    Raises:
+      CheckpointError: an unreadable ``ensemble.json`` or a member that is not a bundle there.
+    """
+    file = os.path.join(path, ENSEMBLE_FILE)
+    if not os.path.isfile(file):
+        return None
+    try:
+        with open(file) as f:
+            names = list(json.load(f)["members"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise errors.CheckpointError(f"{file}: unreadable ensemble file ({e}).") from e
+    members = []
+    for name in names:
+        if not (isinstance(name, str) and re.fullmatch(r"fold_\d+", name)):
+            raise errors.CheckpointError(f"{file}: member {name!r} is not a fold_<k> folder.")
+        member = os.path.join(path, name)
+        if not is_bundle(member):
+            raise errors.CheckpointError(f"{file}: member {name} is missing or not a bundle.")
+        members.append(member)
+    return members
+
+
+def _write_bundle(workdir: str, tmp: str, checkpoint: str | int) -> None:
+    """One run's bundle files into the new folder ``tmp``."""
+    from medjax.train import checkpoint as ckpt_lib
+
     member = model_lib.load_member(workdir, checkpoint)
     payload, platforms = _export(member)
     ckpt = ckpt_lib.Checkpointer(
@@ -92,8 +155,6 @@ def export_bundle(
         metrics = ckpt.metrics(member.step) or {}
     finally:
         ckpt.close()
-    tmp = f"{output.rstrip(os.sep)}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     with open(os.path.join(tmp, FUNCTION_FILE), "wb") as f:
         f.write(payload)
@@ -122,10 +183,6 @@ def export_bundle(
     for name, obj in files.items():
         with open(os.path.join(tmp, name), "w") as f:
             json.dump(obj, f, indent=1)
-    if os.path.isdir(output):
-        shutil.rmtree(output)
-    os.replace(tmp, output)
-    return output
 
 
 def is_bundle(path: str) -> bool:
@@ -171,6 +228,11 @@ def load_bundle(path: str) -> Bundle:
     from jax import export
 
     path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isfile(os.path.join(path, ENSEMBLE_FILE)):
+        raise errors.CheckpointError(
+            f"{path}: an ensemble bundle of {len(ensemble_members(path))} folds; load each "
+            "fold_<k> bundle, or predict with --mode=predict --workdir=<it> (their mean)."
+        )
     if not is_bundle(path):
         raise errors.CheckpointError(f"{path}: not a medjax bundle (no {FUNCTION_FILE}).")
     with open(os.path.join(path, FUNCTION_FILE), "rb") as f:
@@ -228,6 +290,9 @@ def log_model(workdir: str, bundle_dir: str, config: ml_collections.ConfigDict) 
     """
     from medjax.train import metric_writer
 
+    if ensemble_members(bundle_dir) is not None:
+        logging.warning("%s: an ensemble bundle is not logged as an MLflow model.", bundle_dir)
+        return
     with open(os.path.join(bundle_dir, "plan.json")) as f:
         input_shape, output_shape = example_shapes(json.load(f))
     only_mlflow = config.copy_and_resolve_references()

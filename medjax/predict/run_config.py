@@ -32,12 +32,16 @@ def _merge(base: ml_collections.ConfigDict, loaded: dict[str, Any]) -> None:
 
 
 def get_config(workdir: str | None = None) -> ml_collections.ConfigDict:
-    """The base config updated by ``<workdir>/config.json`` (the base alone without one)."""
+    """The base config updated by ``<workdir>/config.json`` (a cross-validation folder: its
+    first fold's; the base alone without one)."""
     from configs import common
 
     config = common.base_config()
     if workdir:
-        path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "config.json")
+        root = os.path.abspath(os.path.expanduser(workdir))
+        path = os.path.join(root, "config.json")
+        if not os.path.exists(path):
+            path = os.path.join(root, "fold_0", "config.json")
         if os.path.exists(path):
             with open(path) as f:
                 _merge(config, json.load(f))

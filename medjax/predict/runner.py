@@ -61,7 +61,7 @@ def load_members(workdir: str, pcfg: ml_collections.ConfigDict) -> list[model_li
     from medjax.predict import bundle
 
     dirs = [os.path.abspath(os.path.expanduser(d)) for d in (workdir, *pcfg.get("ensemble", ()))]
-    dirs = list(dict.fromkeys(f for d in dirs if d for f in _fold_runs(d)))
+    dirs = list(dict.fromkeys(f for d in dirs if d for f in fold_runs(d)))
     members = [
         bundle.load_bundle(d)
         if bundle.is_bundle(d)
@@ -72,12 +72,18 @@ def load_members(workdir: str, pcfg: ml_collections.ConfigDict) -> list[model_li
     return members
 
 
-def _fold_runs(path: str) -> list[str]:
+def fold_runs(path: str) -> list[str]:
     """``[path]``, or for a cross-validation folder (``data.fold=all``: ``fold_<k>/`` runs and
-    no run of its own) its folds by k: the folds predict as one ensemble."""
+    no run of its own) its folds by k, or an ensemble bundle's member bundles: the folds
+    predict as one ensemble."""
     import glob
     import re
 
+    from medjax.predict import bundle
+
+    members = bundle.ensemble_members(path)
+    if members is not None:
+        return members
     if os.path.isdir(os.path.join(path, "ckpt")) or os.path.exists(os.path.join(path, "plan.json")):
         return [path]  # a run, or a bundle
     folds = [

@@ -8,7 +8,6 @@ import pytest
 
 from medjax import errors, registry
 
-
 MODELS = ("unet", "attention_unet", "unetpp", "deeplab")
 
 

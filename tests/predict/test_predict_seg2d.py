@@ -293,3 +293,34 @@ def test_bundle_carries_the_choice(runs, cv, tmp_path):
         names, _masks(tmp_path / "out", names), _masks(eval_dir, names), strict=True
     ):
         np.testing.assert_array_equal(mask, _largest(raw), err_msg=name)
+
+
+def test_cross_validation_exports_an_ensemble_bundle_that_predicts_as_the_folds(cv, tmp_path):
+    from medjax.predict import bundle
+
+    path = bundle.export_bundle(str(cv), str(tmp_path / "ensemble"))
+    with open(os.path.join(path, bundle.ENSEMBLE_FILE)) as f:
+        assert json.load(f)["members"] == ["fold_0", "fold_1"]
+    for k in (0, 1):  # each fold a whole bundle, carrying the cross-validation's choice
+        assert bundle.is_bundle(os.path.join(path, f"fold_{k}"))
+        with open(os.path.join(path, f"fold_{k}", "postprocessing.json")) as f:
+            assert json.load(f) == KEEP_LARGEST
+    names = sorted(os.listdir(cv / "new"))
+    from_cv = _predict_post(cv, cv / "new", tmp_path / "cv")
+    from_bundle = _predict_post(path, cv / "new", tmp_path / "bundle")
+    assert from_bundle["postprocessing"] == os.path.join(path, "fold_0", "postprocessing.json")
+    assert from_cv["ok"] == from_bundle["ok"] == len(names)
+    for name, a, b in zip(
+        names, _masks(tmp_path / "cv", names), _masks(tmp_path / "bundle", names), strict=True
+    ):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    # The folds' mean probability, not one fold's: the same numbers either way (float32).
+    for a, b in zip(from_cv["rows"], from_bundle["rows"], strict=True):
+        assert float(a["max_probability"]) == pytest.approx(float(b["max_probability"]), abs=1e-5)
+    with pytest.raises(errors.CheckpointError, match="ensemble bundle of 2 folds"):
+        bundle.load_bundle(path)
+    # Member names come from the file: anything but fold_<k> inside the bundle is refused.
+    with open(os.path.join(path, bundle.ENSEMBLE_FILE), "w") as f:
+        json.dump({"members": ["../../elsewhere"]}, f)
+    with pytest.raises(errors.CheckpointError, match="not a fold_<k> folder"):
+        bundle.ensemble_members(path)
