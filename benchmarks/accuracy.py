@@ -151,10 +151,8 @@ def print_rows(rows: Sequence[dict[str, Any]]) -> None:
     for side in sorted({r["side"] for r in rows}):
         dice = [r["test_dice"] for r in rows if r["side"] == side]
         val = [r["val_dice"] for r in rows if r["side"] == side]
-        sd = statistics.stdev(dice) if len(dice) > 1 else 0.0
         print(
-            f"{side}: test Dice mean {statistics.mean(dice):.4f} sd {sd:.4f} "
-            f"min {min(dice):.4f} max {max(dice):.4f} (val mean {statistics.mean(val):.4f}, "
+            f"{side}: test Dice {run_all.spread(dice)} (val mean {statistics.mean(val):.4f}, "
             f"{len(dice)} seeds)"
         )
 

@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -83,6 +84,15 @@ def write_rows(rows: Iterable[Mapping[str, Any]], out: str | None = RESULTS) -> 
     with open(out, "a") as f:
         for row in rows:
             f.write(json.dumps({**env, **row}, default=str) + "\n")
+
+
+def spread(values: Sequence[float]) -> str:
+    """``"mean m sd s min a max b"`` of ``values`` (sample sd; 0 for one value)."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return (
+        f"mean {statistics.mean(values):.4f} sd {sd:.4f} min {min(values):.4f} "
+        f"max {max(values):.4f}"
+    )
 
 
 def print_table(rows: Sequence[Mapping[str, Any]], title: str = "") -> None:

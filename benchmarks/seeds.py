@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,12 +101,8 @@ def print_rows(rows: Sequence[dict[str, Any]]) -> None:
         )
     dice = [r["test_dice"] for r in rows if r["ok"]]
     if dice:
-        sd = statistics.stdev(dice) if len(dice) > 1 else 0.0
-        print(
-            f"test Dice over {len(dice)} seeds: mean {statistics.mean(dice):.4f} sd {sd:.4f} "
-            f"min {min(dice):.4f} max {max(dice):.4f}; failed runs: "
-            f"{sum(not r['ok'] for r in rows)}"
-        )
+        failed = sum(not r["ok"] for r in rows)
+        print(f"test Dice over {len(dice)} seeds: {run_all.spread(dice)}; failed runs: {failed}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
