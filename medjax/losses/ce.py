@@ -114,7 +114,11 @@ def get_ce(
                 )
                 per_voxel = optax.losses.softmax_cross_entropy(logits, targets)
             else:
-                per_voxel = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+                # logsumexp minus the label's logit, picked by a one-hot product: optax's
+                # take_along_axis picks it by a gather whose backward is a scatter-add (XLA
+                # spent seconds per compilation constant-folding it at 24x160x160 patches).
+                one_hot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+                per_voxel = jax.nn.logsumexp(logits, axis=-1) - jnp.sum(one_hot * logits, -1)
             weight_index = labels
         if class_weights is not None:
             voxel_weights = voxel_weights * class_weights[weight_index]
