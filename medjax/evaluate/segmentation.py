@@ -52,7 +52,9 @@ class _PerClass:
 
     def _skip_unlabelled(self, index: int, pred: np.ndarray) -> bool:
         """True (and the prediction kept) when case ``index`` has no reference to score."""
-        if self.source.has_label[index]:
+        # A source without ``has_label`` (cases in memory) has a label for every case.
+        has_label = getattr(self.source, "has_label", None)
+        if has_label is None or has_label[index]:
             return False
         self.unlabelled.append(index)
         if self.keep_predictions:

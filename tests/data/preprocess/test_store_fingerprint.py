@@ -193,8 +193,8 @@ def test_auto_normalization_needs_modality_before_any_read(tmp_path):
     assert not os.path.exists(os.path.join(out, "fingerprint.json"))
     with pytest.raises(errors.ConfigError, match="target_spacing_mm='autp'"):
         store.build_store(_crawl(root), out, {**AUTO_CT, "target_spacing_mm": "autp"})
-    with pytest.raises(errors.ConfigError, match=r"target_size=\[None\] is not a tuple"):
-        store.build_store(_crawl(root), out, {**AUTO_CT, "target_size": (None,)})
+    with pytest.raises(errors.ConfigError, match=r"target_size=\[None, 2\] is not a tuple"):
+        store.build_store(_crawl(root), out, {**AUTO_CT, "target_size": (None, 2)})
 
 
 def test_resolve_auto_leaves_explicit_fields_alone():
