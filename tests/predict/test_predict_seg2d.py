@@ -319,6 +319,11 @@ def test_cross_validation_exports_an_ensemble_bundle_that_predicts_as_the_folds(
         assert float(a["max_probability"]) == pytest.approx(float(b["max_probability"]), abs=1e-5)
     with pytest.raises(errors.CheckpointError, match="ensemble bundle of 2 folds"):
         bundle.load_bundle(path)
+    # `medjax export --workdir=<cv>` (no --config) reads the first fold's config there.
+    with open(cv / "fold_0" / "config.json") as f:
+        fold_config = json.load(f)
+    assert fold_config["train"]["epochs"] != run_config.get_config().train.epochs
+    assert run_config.get_config(str(cv)).train.epochs == fold_config["train"]["epochs"]
     # Member names come from the file: anything but fold_<k> inside the bundle is refused.
     with open(os.path.join(path, bundle.ENSEMBLE_FILE), "w") as f:
         json.dump({"members": ["../../elsewhere"]}, f)
