@@ -28,6 +28,15 @@ validation by Gaussian sliding windows over whole volumes, with HD95/ASSD in mm)
   Ten seeds (0-9, 400 steps each, 74-83 s per run on 2 idle cores): test Dice 0.76-0.81 on
   every seed, mean 0.783 (benchmarks/RESULTS.md). Not yet measured: ``:long`` with the prior.
 
+Planned (nnU-Net style, ``--config.plan.auto=True``; ``--mode=plan`` prints the plan first):
+    python launch.py --config=configs/unet3d.py --config.plan.auto=True --workdir=runs/planned
+  The planner measures the compiled train step against the CPU's 8 GiB default budget and
+  picks whole 24x64x64 volumes as the patch, batch 2, depth 5 with widths 8..128
+  (``plan.base_features=8``, this variant's CPU width; nnU-Net's 32 took 16 min per run),
+  in-plane-only pooling and 1x3x3 kernels for the 2 mm axis first. Measured 2026-12-03 on 2
+  idle CPU cores through launch.py, seeds 0-9 (``benchmarks/seeds.py``): test Dice 0.789-0.825
+  on every seed, mean 0.806 (sd 0.013), 3.3-5 minutes per run including planning.
+
 Long (``:long``: whole 24x64x64 volumes as patches, 16 features, depth 4, 400 steps):
     python launch.py --config=configs/unet3d.py:long
   Measured 2026-11-23 (seed 0, before ``head_prior``) through launch.py on 2 idle CPU cores:
