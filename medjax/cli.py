@@ -115,6 +115,9 @@ def _main(argv: list[str]) -> None:
     if FLAGS.mode == "tune":
         # Before JAX starts a backend here: the trials (Ray workers) own the devices.
         return _tune()
+    from medjax import compile_cache
+
+    compile_cache.enable()  # compiled steps on disk: a re-run or another mode skips compiling
     _maybe_initialize_distributed()
     import jax
 
