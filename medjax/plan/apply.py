@@ -40,9 +40,13 @@ def _num_data_devices(config: ml_collections.ConfigDict) -> int:
     return jax.device_count() if config.mesh.data == -1 else int(config.mesh.data)
 
 
-def training_cases(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-    """The store's training and validation cases (never the test split), building the store."""
-    from medjax.data import pipeline
+def training_cases(
+    config: ml_collections.ConfigDict,
+) -> tuple[list[dict[str, Any]], list[float] | None]:
+    """The store's training and validation cases (never the test split), building the store,
+    and the spacing the store resampled them to (its resolved spec; None: not resampled to a
+    spacing, or to a fixed ``target_size``)."""
+    from medjax.data import pipeline, store
 
     data = distributed.primary_first(lambda: pipeline.prepare_data(config), "medjax-plan-data")
     seen, cases = set(), []
@@ -53,7 +57,11 @@ def training_cases(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
                 cases.append(entry)
     if not cases:
         raise errors.DataError(f"No training case to plan from in {data.root}.")
-    return cases
+    spec = store.load_manifest(data.store_dir)["spec"]
+    target = spec.get("target_spacing_mm")
+    if target is None or spec.get("target_size") is not None:  # a fixed size sets the spacing
+        return cases, None
+    return cases, [float(t) for t in target]
 
 
 def plan_for_config(
@@ -80,11 +88,16 @@ def plan_for_config(
             f"plan.auto=True plans the UNet; model.name={config.model.name!r}. Use "
             "model.name='unet' or plan.auto=False."
         )
-    cases = training_cases(config)
-    spacings = [e["props"].get("spacing_mm") or [1.0] * len(e["shape"]) for e in cases]
-    # Rounded like the fingerprint's target spacing: headers store float32, and nnU-Net's
-    # "within 2x of the finest" test must not flip on 1.9999999969 vs 2.0 mm.
-    spacing = np.round(np.median(np.asarray(spacings, np.float64), axis=0), 6).tolist()
+    cases, target = training_cases(config)
+    if target is not None:
+        # nnU-Net plans at the target spacing itself (the stored cases' spacings differ from it
+        # slightly: resampling keeps each case's physical extent).
+        spacing = target
+    else:
+        spacings = [e["props"].get("spacing_mm") or [1.0] * len(e["shape"]) for e in cases]
+        # Rounded like the fingerprint's target spacing: headers store float32, and nnU-Net's
+        # "within 2x of the finest" test must not flip on 1.9999999969 vs 2.0 mm.
+        spacing = np.round(np.median(np.asarray(spacings, np.float64), axis=0), 6).tolist()
     median_shape = np.median(np.asarray([e["shape"] for e in cases], np.float64), axis=0)
     channels = int(cases[0]["channels"])
     devices = _num_data_devices(config)
