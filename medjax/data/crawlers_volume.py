@@ -36,25 +36,33 @@ def dataset_json(root: str) -> dict[str, Any]:
         raise errors.DataError(f"{path}: cannot parse dataset.json ({e}).") from e
 
 
-def label_names(root: str, num_classes: int) -> tuple[str, ...]:
-    """Names of the foreground labels ``1..num_classes-1`` from ``root``'s dataset.json.
+def declared_labels(root: str) -> dict[int, str]:
+    """Label value -> name from ``root``'s dataset.json (``{}`` without one or on region lists).
 
     Reads the Decathlon form (``"labels": {"0": "background", "1": "PZ", ...}``) and nnU-Net
     v2's (``"labels": {"background": 0, "PZ": 1, ...}``); names are made safe for metric keys
-    (characters other than letters, digits, ``_ . -`` and spaces become ``_``). Returns ``()``
-    when there is no dataset.json, a label is unnamed, or two names collide (the label values
-    then name the classes).
+    (characters other than letters, digits, ``_ . -`` and spaces become ``_``).
     """
-    labels = dataset_json(root).get("labels") if num_classes > 2 else None
+    labels = dataset_json(root).get("labels")
     if not isinstance(labels, dict):
-        return ()
+        return {}
     by_value: dict[int, str] = {}
     for key, value in labels.items():
         name, number = (value, key) if isinstance(value, str) else (key, value)
         try:
             by_value[int(number)] = re.sub(r"[^A-Za-z0-9_. -]", "_", str(name)).strip()
         except (TypeError, ValueError):
-            return ()  # region lists (nnU-Net v2 "whole tumor": [1, 2, 3]) are not classes
+            return {}  # region lists (nnU-Net v2 "whole tumor": [1, 2, 3]) are not classes
+    return by_value
+
+
+def label_names(root: str, num_classes: int) -> tuple[str, ...]:
+    """Names of the foreground labels ``1..num_classes-1`` from ``root``'s dataset.json
+    (``declared_labels``); ``()`` for a binary run, without dataset.json, when a label is
+    unnamed, or when two names collide (the label values then name the classes)."""
+    by_value = declared_labels(root) if num_classes > 2 else {}
+    if not by_value:
+        return ()
     names = tuple(by_value.get(c, "") for c in range(1, num_classes))
     if not all(names) or len(set(names)) != len(names):
         return ()

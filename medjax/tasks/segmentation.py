@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from medjax import errors, registry
+from medjax import errors, progress, registry
 from medjax.data import pipeline
 from medjax.evaluate import segmentation as seg_eval
 from medjax.metrics import regions as region_lib
@@ -72,12 +72,8 @@ class SegmentationTask:
             model_spec.num_classes(config), self.regions, config.data.get("class_names", ())
         )
         self.data = pipeline.prepare_data(config)
-        if not config.data.get("class_names") and not self.regions:
-            # A Decathlon / nnU-Net dataset.json names its labels: metrics say dice/PZ, not dice/1.
-            from medjax.data import crawlers_volume
-
-            found = crawlers_volume.label_names(self.data.root, model_spec.num_classes(config))
-            self.scored_names = found or self.scored_names
+        if not self.regions:
+            self._use_declared_labels(config)
         channels = {e["channels"] for split in self.data.splits.values() for e in split}
         if len(channels) != 1:
             raise errors.DataError(f"Cases disagree on the number of channels: {sorted(channels)}.")
@@ -87,6 +83,25 @@ class SegmentationTask:
             self.patch_size, [e["shape"] for e in self.data.splits[config.data.train_split]]
         )
         self.num_train = len(self.data.source(config.data.train_split))
+
+    def _use_declared_labels(self, config: ml_collections.ConfigDict) -> None:
+        """A Decathlon / nnU-Net dataset.json's labels: they name the classes in the metrics
+        (``dice/PZ``, unless ``data.class_names`` is set), and a run with fewer classes than
+        the folder declares is told, once, that binary label mode merges them."""
+        from medjax.data import crawlers_volume
+
+        num_classes = model_spec.num_classes(config)
+        if not config.data.get("class_names"):
+            found = crawlers_volume.label_names(self.data.root, num_classes)
+            self.scored_names = found or self.scored_names
+        declared = [v for v in crawlers_volume.declared_labels(self.data.root) if v > 0]
+        if len(declared) > 1 and config.data.preprocess.label_mode == "binary":
+            progress.say(
+                f"medjax: {self.data.root}/dataset.json declares {len(declared)} foreground "
+                "labels; data.preprocess.label_mode='binary' merges them into one foreground. "
+                f"For one class each: --config.model.num_classes={max(declared) + 1} "
+                "--config.data.preprocess.label_mode=keep."
+            )
 
     def input_shape(self) -> tuple[int, ...]:
         """``(1, *patch, C)``: what the model is initialised with."""

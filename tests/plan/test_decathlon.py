@@ -110,3 +110,15 @@ def test_unseen_anisotropic_decathlon_folder_plans_and_trains(tmp_path):
         assert json.load(f)["unlabelled_cases"] == 2
     written = sorted(os.listdir(evals[0] / "predictions"))
     assert written == ["case_008.nii.gz", "case_009.nii.gz"]
+    # A binary run on the 2-label folder is told, in one line, that the labels are merged.
+    binary = _launch(
+        tmp_path,
+        "--mode=preprocess",
+        "--config.data.preprocess.label_mode=binary",
+        "--config.model.num_classes=1",
+        "--config.data.patch_size=(8, 48, 48)",  # not planned here
+    )
+    assert binary.returncode == 0, binary.stderr[-2000:]
+    assert "declares 2 foreground labels" in binary.stderr
+    assert "--config.model.num_classes=3 --config.data.preprocess.label_mode=keep" in binary.stderr
+    assert "declares" not in trained.stderr
