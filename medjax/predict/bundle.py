@@ -94,21 +94,22 @@ def export_bundle(
     folds = runner.fold_runs(workdir)
     tmp = f"{output.rstrip(os.sep)}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    if folds == [workdir]:
-        _write_bundle(workdir, tmp, checkpoint)
-    else:
-        for fold in folds:
-            _write_bundle(fold, os.path.join(tmp, os.path.basename(fold)), checkpoint)
-        with open(os.path.join(tmp, ENSEMBLE_FILE), "w") as f:
-            json.dump(
-                {
-                    "format": "medjax-ensemble-1",
-                    "members": [os.path.basename(d) for d in folds],
-                    "workdir": workdir,
-                },
-                f,
-                indent=1,
-            )
+    try:
+        if folds == [workdir]:
+            _write_bundle(workdir, tmp, checkpoint)
+        else:
+            for fold in folds:
+                _write_bundle(fold, os.path.join(tmp, os.path.basename(fold)), checkpoint)
+            members = [os.path.basename(d) for d in folds]
+            with open(os.path.join(tmp, ENSEMBLE_FILE), "w") as f:
+                json.dump(
+                    {"format": "medjax-ensemble-1", "members": members, "workdir": workdir},
+                    f,
+                    indent=1,
+                )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves nothing half-written
+        raise
     if os.path.isdir(output):
         shutil.rmtree(output)
     os.replace(tmp, output)

@@ -329,3 +329,14 @@ def test_cross_validation_exports_an_ensemble_bundle_that_predicts_as_the_folds(
         json.dump({"members": ["../../elsewhere"]}, f)
     with pytest.raises(errors.CheckpointError, match="not a fold_<k> folder"):
         bundle.ensemble_members(path)
+
+
+def test_failed_ensemble_export_leaves_nothing(cv, tmp_path):
+    from medjax.predict import bundle
+
+    broken = tmp_path / "cv"
+    shutil.copytree(cv, broken)
+    shutil.rmtree(broken / "fold_1" / "ckpt")  # fold 0 exports, fold 1 cannot
+    with pytest.raises(errors.CheckpointError, match="fold_1"):
+        bundle.export_bundle(str(broken), str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path)) == ["cv"]  # no half-written bundle or temp folder
