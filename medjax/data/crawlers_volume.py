@@ -41,7 +41,8 @@ def declared_labels(root: str) -> dict[int, str]:
 
     Reads the Decathlon form (``"labels": {"0": "background", "1": "PZ", ...}``) and nnU-Net
     v2's (``"labels": {"background": 0, "PZ": 1, ...}``); names are made safe for metric keys
-    (characters other than letters, digits, ``_ . -`` and spaces become ``_``).
+    (characters other than letters, digits, ``_ . -`` and spaces become ``_``; leading and
+    trailing dots and spaces go, so no name is ``..``).
     """
     labels = dataset_json(root).get("labels")
     if not isinstance(labels, dict):
@@ -50,7 +51,7 @@ def declared_labels(root: str) -> dict[int, str]:
     for key, value in labels.items():
         name, number = (value, key) if isinstance(value, str) else (key, value)
         try:
-            by_value[int(number)] = re.sub(r"[^A-Za-z0-9_. -]", "_", str(name)).strip()
+            by_value[int(number)] = re.sub(r"[^A-Za-z0-9_. -]", "_", str(name)).strip(" .")
         except (TypeError, ValueError):
             return {}  # region lists (nnU-Net v2 "whole tumor": [1, 2, 3]) are not classes
     return by_value

@@ -205,5 +205,7 @@ def test_label_names_from_dataset_json_both_forms(tmp_path):
     assert names({"background": 0, "edema": 1, "non-enh/core": 2}) == ("edema", "non-enh_core")
     assert names({"0": "background", "1": "PZ"}) == ()  # label 2 unnamed
     assert names({"0": "bg", "1": "a", "2": "a"}) == ()  # not distinct
+    assert names({"0": "bg", "1": "..", "2": "b"}) == ()  # no name made only of dots
+    assert names({"0": "bg", "1": " ../x ", "2": "b"}) == ("_x", "b")
     assert names({"background": 0, "whole tumor": [1, 2, 3]}) == ()  # v2 regions
     assert names({"0": "background", "1": "lesion"}, num_classes=1) == ()  # binary: no names
