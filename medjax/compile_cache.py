@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 import jax
 
+from medjax import xla_env
+
 OPT_OUT = "MEDJAX_COMPILATION_CACHE"
 MAX_BYTES = 4 * 2**30
 
@@ -37,7 +39,7 @@ def enable(environ: Mapping[str, str] | None = None) -> str | None:
       The cache folder in use (the user's own when set), or None when turned off.
     """
     environ = os.environ if environ is None else environ
-    if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
+    if xla_env.is_off(environ.get(OPT_OUT)):
         return None
     current = jax.config.jax_compilation_cache_dir
     if current:  # JAX_COMPILATION_CACHE_DIR or an earlier jax.config.update: theirs

@@ -31,6 +31,13 @@ from collections.abc import MutableMapping
 OPT_OUT = "MEDJAX_XLA_DEFAULTS"
 _ON = ("1", "true", "yes", "on", "")
 _OFF = ("0", "false", "no", "off")
+
+
+def is_off(value: str | None) -> bool:
+    """Whether an environment switch's value turns something off (``0/false/no/off``)."""
+    return (value or "").strip().lower() in _OFF
+
+
 # (flag, value, oldest and newest jaxlib (major, minor) it is known to). An XLA that does not
 # know a flag or one of its values aborts the process at backend start, so a flag goes only to
 # the jaxlib versions checked: 0.10 measured here; 0.11 (the GPU image's) has the same flag and

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from medjax import errors, registry
@@ -59,10 +59,14 @@ def declared_labels(root: str) -> dict[int, str]:
 
 def label_names(root: str, num_classes: int) -> tuple[str, ...]:
     """Names of the foreground labels ``1..num_classes-1`` from ``root``'s dataset.json
-    (``declared_labels``); ``()`` for a binary run, without dataset.json, when a label is
-    unnamed, or when two names collide (the label values then name the classes)."""
-    by_value = declared_labels(root) if num_classes > 2 else {}
-    if not by_value:
+    (``class_names(declared_labels(root), num_classes)``)."""
+    return class_names(declared_labels(root), num_classes)
+
+
+def class_names(by_value: Mapping[int, str], num_classes: int) -> tuple[str, ...]:
+    """``by_value``'s names of labels ``1..num_classes-1``; ``()`` for a binary run, when a
+    label is unnamed, or when two names collide (the label values then name the classes)."""
+    if num_classes <= 2 or not by_value:
         return ()
     names = tuple(by_value.get(c, "") for c in range(1, num_classes))
     if not all(names) or len(set(names)) != len(names):

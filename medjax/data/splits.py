@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,12 @@ from medjax import distributed, errors
 
 SPLITS_FILE = "splits.json"
 SPLIT_SEED = 12345  # fixed, so runs with different config.seed share their folds
+
+
+def fold_number(name: str) -> int | None:
+    """``k`` of a ``fold_<k>`` folder name (a fold run of ``data.fold=all``), else None."""
+    m = re.fullmatch(r"fold_(\d+)", name) if isinstance(name, str) else None
+    return int(m.group(1)) if m else None
 
 
 def active_fold(config: ml_collections.ConfigDict) -> int | str | None:

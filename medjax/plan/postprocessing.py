@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +34,7 @@ from absl import logging
 from scipy import ndimage
 
 from medjax import distributed, errors, progress
+from medjax.data import splits
 
 FILE = "postprocessing.json"
 SIZE_FRACTIONS = (0.1, 0.25, 0.5)
@@ -190,7 +190,7 @@ def find(workdir: str) -> str | None:
     when there is none."""
     workdir = os.path.abspath(workdir)
     candidates = [workdir]
-    if re.fullmatch(r"fold_\d+", os.path.basename(workdir)):
+    if splits.fold_number(os.path.basename(workdir)) is not None:
         candidates.append(os.path.dirname(workdir))
     for directory in candidates:
         if os.path.isfile(os.path.join(directory, FILE)):

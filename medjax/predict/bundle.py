@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import shutil
 from collections.abc import Mapping
 from typing import Any
@@ -44,6 +43,7 @@ from flax import traverse_util
 
 import medjax
 from medjax import errors
+from medjax.data import splits
 from medjax.plan import postprocessing
 from medjax.predict import model as model_lib
 
@@ -134,7 +134,7 @@ def ensemble_members(path: str) -> list[str] | None:
         raise errors.CheckpointError(f"{file}: unreadable ensemble file ({e}).") from e
     members = []
     for name in names:
-        if not (isinstance(name, str) and re.fullmatch(r"fold_\d+", name)):
+        if splits.fold_number(name) is None:
             raise errors.CheckpointError(f"{file}: member {name!r} is not a fold_<k> folder.")
         member = os.path.join(path, name)
         if not is_bundle(member):

@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from medjax import errors
+from medjax.data import splits
 from medjax.predict import inputs as inputs_lib
 from medjax.predict import model as model_lib
 from medjax.predict import postprocess, segment
@@ -77,7 +78,6 @@ def fold_runs(path: str) -> list[str]:
     no run of its own) its folds by k, or an ensemble bundle's member bundles: the folds
     predict as one ensemble."""
     import glob
-    import re
 
     from medjax.predict import bundle
 
@@ -87,9 +87,9 @@ def fold_runs(path: str) -> list[str]:
     if os.path.isdir(os.path.join(path, "ckpt")) or os.path.exists(os.path.join(path, "plan.json")):
         return [path]  # a run, or a bundle
     folds = [
-        (int(m.group(1)), d)
+        (k, d)
         for d in glob.glob(os.path.join(path, "fold_*"))
-        if (m := re.fullmatch(r"fold_(\d+)", os.path.basename(d)))
+        if (k := splits.fold_number(os.path.basename(d))) is not None
         and os.path.exists(os.path.join(d, "config.json"))
     ]
     return [d for _, d in sorted(folds)] or [path]

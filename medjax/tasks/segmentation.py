@@ -90,11 +90,11 @@ class SegmentationTask:
         the folder declares is told, once, that binary label mode merges them."""
         from medjax.data import crawlers_volume
 
-        num_classes = model_spec.num_classes(config)
+        by_value = crawlers_volume.declared_labels(self.data.root)
         if not config.data.get("class_names"):
-            found = crawlers_volume.label_names(self.data.root, num_classes)
+            found = crawlers_volume.class_names(by_value, model_spec.num_classes(config))
             self.scored_names = found or self.scored_names
-        declared = [v for v in crawlers_volume.declared_labels(self.data.root) if v > 0]
+        declared = [v for v in by_value if v > 0]
         if len(declared) > 1 and config.data.preprocess.label_mode == "binary":
             progress.say(
                 f"medjax: {self.data.root}/dataset.json declares {len(declared)} foreground "

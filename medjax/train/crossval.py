@@ -115,12 +115,12 @@ def summarize(workdir: str, split: str = "val") -> dict[str, Any]:
     folds: dict[str, dict[str, float]] = {}
     rows: list[dict[str, float]] = []
     for path in sorted(glob.glob(os.path.join(workdir, "fold_*"))):
-        m = re.fullmatch(r"fold_(\d+)", os.path.basename(path))
-        latest = _latest_eval(path, split) if m else None
+        k = splits_lib.fold_number(os.path.basename(path))
+        latest = _latest_eval(path, split) if k is not None else None
         if latest is None:
             continue
         with open(os.path.join(latest, "metrics.json")) as f:
-            folds[m.group(1)] = _numeric(json.load(f))
+            folds[str(k)] = _numeric(json.load(f))
         per_case = os.path.join(latest, "per_case.csv")
         if os.path.exists(per_case):
             with open(per_case, newline="") as f:
